@@ -1,0 +1,76 @@
+"""The ``git theta`` command line: the only code that prints or exits.
+
+Every command is thin: parse options, call one library function, render its result. Errors
+raised by the library become one line on stderr and the exit code of their class.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from git_theta import __version__
+from git_theta.errors import ThetaError
+
+
+def report(message: str) -> None:
+    """One line for people, on stderr."""
+    click.echo(f"git-theta: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="git-theta")
+def root() -> None:
+    """Version machine-learning checkpoints with git, tensor by tensor.
+
+    Run `git theta install` once, `git theta track model.pt` in a repository, then use
+    git as usual: add, commit, checkout, switch and stash store and rebuild checkpoints.
+    """
+
+
+def _register() -> None:
+    from git_theta.cli import files, filters, setup, track
+
+    for command in (
+        setup.install,
+        setup.uninstall,
+        track.track,
+        track.untrack,
+        files.add,
+        files.ls_files,
+        filters.clean,
+        filters.smudge,
+        filters.filter_process,
+    ):
+        root.add_command(command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``git-theta`` console script."""
+    try:
+        root.main(args=argv, prog_name="git theta", standalone_mode=False)
+    except ThetaError as exc:
+        report(f"error: {exc}")
+        if os.environ.get("GIT_THETA_DEBUG"):
+            raise
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 1
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""git theta add / ls-files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+
+from git_theta import inventory
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+def add(args: tuple[str, ...]) -> None:
+    """Stage checkpoints: `git add` with the same paths and options.
+
+    Everything after `add` is passed to `git add` unchanged.
+    """
+    code = subprocess.run(["git", "add", *args]).returncode
+    if code:
+        sys.exit(code)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@click.command("ls-files")
+def ls_files() -> None:
+    """List checkpoints in the index stored by git-theta.
+
+    Columns: tensors, logical size (the tensors' bytes) and stored size (the distinct
+    objects the manifest needs), then the path.
+    """
+    for item in inventory.tracked_files():
+        if item.manifest is None:
+            click.echo(f"{'-':>8} {'-':>10} {'-':>10}  {item.path}  ({item.problem})")
+            continue
+        m = item.manifest
+        click.echo(
+            f"{len(m.tensors):>8} {_size(m.logical_size()):>10} "
+            f"{_size(m.stored_size()):>10}  {item.path}"
+        )

@@ -1,0 +1,32 @@
+"""git theta install / uninstall."""
+
+from __future__ import annotations
+
+import click
+
+from git_theta.cli.options import scope_option
+from git_theta.gitio import setup as setup_lib
+
+
+@click.command()
+@scope_option
+def install(scope: str) -> None:
+    """Register git-theta's filter driver in git config.
+
+    Writes filter.theta.process (the long-running filter), filter.theta.clean and
+    filter.theta.smudge (one-shot forms of the same code) and filter.theta.required.
+    Needs git-lfs. Default scope: --global.
+    """
+    keys = setup_lib.install(scope)
+    click.echo(f"git-theta installed ({scope} config: {', '.join(keys)})", err=True)
+
+
+@click.command()
+@scope_option
+def uninstall(scope: str) -> None:
+    """Remove exactly what `git theta install` added to git config."""
+    keys = setup_lib.uninstall(scope)
+    if keys:
+        click.echo(f"git-theta uninstalled ({scope} config: removed {', '.join(keys)})", err=True)
+    else:
+        click.echo(f"git-theta was not installed in {scope} config; nothing removed", err=True)

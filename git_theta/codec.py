@@ -1,0 +1,127 @@
+"""Encode one tensor (or update) as one blob: a tensorstore zarr v3 array, packed.
+
+The array is 1-D over the tensor's elements carried as unsigned words of the element
+width (see ``tensors.word_dtype``), compressed with blosc (byte shuffle + zstd), which is
+lossless for every dtype. Tensorstore writes the array's keys (``zarr.json`` and one key
+per chunk) to an in-memory key-value store; the blob is those keys packed in sorted order:
+
+    b"git-theta zarr v1\\n"  u32 count  { u16 key length, key, u64 value length, value }*
+
+All integers are little-endian. The same input gives the same blob.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from git_theta.errors import CorruptObjectError
+
+MAGIC = b"git-theta zarr v1\n"
+CHUNK_BYTES = 16 << 20
+_COUNT = struct.Struct("<I")
+_KEY = struct.Struct("<H")
+_VALUE = struct.Struct("<Q")
+
+
+def _spec(words: int, word: np.dtype, clevel: int) -> dict:
+    chunk = max(1, min(words, CHUNK_BYTES // word.itemsize))
+    return {
+        "driver": "zarr3",
+        "kvstore": {"driver": "memory"},
+        "metadata": {
+            "shape": [words],
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk]}},
+            "chunk_key_encoding": {"name": "default"},
+            "data_type": word.name,
+            "fill_value": 0,
+            "codecs": [
+                {"name": "bytes", "configuration": {"endian": "little"}},
+                {
+                    "name": "blosc",
+                    "configuration": {
+                        "cname": "zstd",
+                        "clevel": clevel,
+                        "shuffle": "shuffle" if word.itemsize > 1 else "noshuffle",
+                        "typesize": word.itemsize,
+                        "blocksize": 0,
+                    },
+                },
+            ],
+        },
+        "create": True,
+    }
+
+
+def encode(words: np.ndarray, clevel: int = 1) -> Iterator[bytes]:
+    """Encode a contiguous 1-D array of unsigned words; yields the blob in pieces."""
+    import tensorstore as ts
+
+    if words.ndim != 1 or words.dtype.kind != "u" or not words.flags.c_contiguous:
+        raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
+    context = ts.Context()
+    array = ts.open(_spec(words.size, words.dtype, clevel), context=context).result()
+    if words.size:
+        array.write(words).result()
+    store = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    keys = sorted(store.list().result())
+    yield MAGIC + _COUNT.pack(len(keys))
+    for key in keys:
+        value = store.read(key).result().value
+        yield _KEY.pack(len(key)) + key + _VALUE.pack(len(value))
+        yield value
+
+
+def _unpack(blob: bytes | memoryview) -> dict[bytes, memoryview]:
+    view = memoryview(blob)
+    if bytes(view[: len(MAGIC)]) != MAGIC:
+        raise CorruptObjectError("object is not a git-theta zarr blob (bad magic)")
+    try:
+        pos = len(MAGIC)
+        (count,) = _COUNT.unpack_from(view, pos)
+        pos += _COUNT.size
+        entries: dict[bytes, memoryview] = {}
+        for _ in range(count):
+            (klen,) = _KEY.unpack_from(view, pos)
+            pos += _KEY.size
+            key = bytes(view[pos : pos + klen])
+            pos += klen
+            (vlen,) = _VALUE.unpack_from(view, pos)
+            pos += _VALUE.size
+            if pos + vlen > len(view):
+                raise CorruptObjectError("object is truncated")
+            entries[key] = view[pos : pos + vlen]
+            pos += vlen
+    except struct.error as exc:
+        raise CorruptObjectError("object is truncated") from exc
+    if pos != len(view):
+        raise CorruptObjectError("object has trailing bytes")
+    return entries
+
+
+def decode(blob: bytes | memoryview, word: np.dtype, words: int) -> np.ndarray:
+    """Decode a blob made by ``encode``; checks it holds ``words`` words of type ``word``."""
+    import tensorstore as ts
+
+    entries = _unpack(blob)
+    context = ts.Context()
+    store = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    for key, value in entries.items():
+        store.write(key, bytes(value)).result()
+    try:
+        array = ts.open(
+            {"driver": "zarr3", "kvstore": {"driver": "memory"}, "open": True}, context=context
+        ).result()
+    except Exception as exc:  # tensorstore raises ValueError subclasses of its own
+        raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+    if array.dtype.numpy_dtype != word or list(array.shape) != [words]:
+        raise CorruptObjectError(
+            f"object holds {array.dtype.name}[{', '.join(map(str, array.shape))}], "
+            f"expected {word.name}[{words}]"
+        )
+    try:
+        return np.ascontiguousarray(array.read().result())
+    except Exception as exc:
+        raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc

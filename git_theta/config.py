@@ -1,0 +1,79 @@
+"""Every setting git-theta reads: ``theta.*`` git config keys, overridden by ``GIT_THETA_*``.
+
+| git config            | environment                   | meaning                              | default     |
+|-----------------------|-------------------------------|--------------------------------------|-------------|
+| theta.threads         | GIT_THETA_THREADS             | worker threads for hashing/encoding  | CPU count   |
+| theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | zstd level of stored objects (1-9)   | 1           |
+| theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from git_theta.errors import UsageError
+from git_theta.gitio import git
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(key: str, value: str) -> bool:
+    """git's spelling of booleans; raises UsageError for anything else."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise UsageError(f"{key}={value!r} is not a boolean (use true or false)")
+
+
+def parse_int(key: str, value: str, low: int, high: int) -> int:
+    """An integer in [low, high]; raises UsageError otherwise."""
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise UsageError(f"{key}={value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise UsageError(f"{key}={number} is out of range ({low} to {high})")
+    return number
+
+
+@dataclass(frozen=True)
+class Config:
+    threads: int
+    compression_level: int
+    skip_smudge: bool
+
+
+def _git_values(cwd: Path | str) -> dict[str, str]:
+    proc = git.run(["config", "--null", "--get-regexp", r"^theta\."], cwd=cwd, check=False)
+    values = {}
+    for entry in proc.stdout.decode(errors="replace").split("\0"):
+        if entry:
+            key, _, value = entry.partition("\n")
+            values[key.lower()] = value
+    return values
+
+
+def load(cwd: Path | str = ".") -> Config:
+    """Read the configuration once, for the repository around ``cwd``."""
+    values = _git_values(cwd)
+
+    def pick(key: str, env: str) -> tuple[str, str] | None:
+        if env in os.environ:
+            return env, os.environ[env]
+        if key.lower() in values:
+            return key, values[key.lower()]
+        return None
+
+    threads = pick("theta.threads", "GIT_THETA_THREADS")
+    level = pick("theta.compressionLevel", "GIT_THETA_COMPRESSION_LEVEL")
+    skip = pick("theta.skipSmudge", "GIT_THETA_SKIP_SMUDGE")
+    return Config(
+        threads=parse_int(*threads, 1, 256) if threads else max(1, os.cpu_count() or 1),
+        compression_level=parse_int(*level, 1, 9) if level else 1,
+        skip_smudge=parse_bool(*skip) if skip else False,
+    )

@@ -1,0 +1,99 @@
+"""The one exception hierarchy of git-theta.
+
+Library code raises these; only ``git_theta.cli`` turns them into a message and an exit
+code. Every message says what went wrong and, where there is one, the command that fixes it.
+"""
+
+from __future__ import annotations
+
+
+class ThetaError(Exception):
+    """Base class of every error git-theta raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(ThetaError, ValueError):
+    """Raised when a command is called with arguments that cannot work."""
+
+    exit_code = 2
+
+
+class NotACheckpointError(ThetaError, ValueError):
+    """Raised when a file is not a checkpoint in any format git-theta can read.
+
+    Also raised for truncated or corrupt checkpoints: ``reason`` says what is wrong.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: not a checkpoint git-theta can read: {reason}")
+
+
+class UnsafeCheckpointError(ThetaError, ValueError):
+    """Raised when a pickle inside a checkpoint asks for code that git-theta will not run."""
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self.name = name
+        super().__init__(
+            f"{path}: refused to load: its pickle asks for `{name}`, which could run code; "
+            "git-theta loads only tensors and plain values"
+        )
+
+
+class UnsupportedError(ThetaError, ValueError):
+    """Raised for a checkpoint feature git-theta cannot store faithfully (e.g. a dtype)."""
+
+
+class ManifestError(ThetaError, ValueError):
+    """Raised when a manifest cannot be parsed or has a schema version this release does not know."""
+
+
+class ObjectMissingError(ThetaError, FileNotFoundError):
+    """Raised when an object a manifest needs is not in the local object store."""
+
+    def __init__(self, missing: dict[str, list[str]], hint: str = "") -> None:
+        self.missing = missing  # oid -> tensor names that need it
+        first = next(iter(missing.items()))
+        names = ", ".join(f"`{n}`" for n in first[1][:3])
+        more = f" (and {len(missing) - 1} more objects)" if len(missing) > 1 else ""
+        fix = hint or "run `git lfs fetch` and then `git theta checkout`"
+        super().__init__(
+            f"object {first[0][:12]}… for tensor {names} is not in the local object store{more}: {fix}"
+        )
+
+
+class CorruptObjectError(ThetaError, ValueError):
+    """Raised when a stored object's bytes do not match its oid or cannot be decoded."""
+
+
+class HashMismatchError(ThetaError, ValueError):
+    """Raised when a rebuilt tensor's identity hash differs from the one its manifest records."""
+
+
+class GitError(ThetaError, RuntimeError):
+    """Raised when a git or git-lfs command fails; ``stderr`` holds what it said."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        self.stderr = stderr
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class GitLfsMissingError(ThetaError, RuntimeError):
+    """Raised when the ``git lfs`` command is not available."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "git-lfs is not installed (`git lfs version` failed): install it "
+            "(e.g. `apt-get install git-lfs`) and run `git theta install` again"
+        )
+
+
+class NotARepositoryError(ThetaError, RuntimeError):
+    """Raised when a command that needs a git repository runs outside one."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} is not inside a git repository: run `git init` first")

@@ -1,0 +1,143 @@
+"""clean() and smudge(): the one place that composes formats, codec, store and manifest.
+
+clean (``git add``): checkpoint file -> format reader -> per tensor: identity hash; a tensor
+whose hash matches one in the previous manifest of the path reuses its record; any other is
+encoded and stored -> manifest bytes.
+
+smudge (checkout): manifest -> every object present? -> decode each tensor, verify its
+identity hash -> format writer -> checkpoint bytes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from git_theta import codec, formats
+from git_theta.config import Config
+from git_theta.errors import HashMismatchError, ManifestError, ObjectMissingError
+from git_theta.formats import TensorData
+from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
+from git_theta.store import ObjectStore
+from git_theta.tensors import dtype as get_dtype
+from git_theta.tensors import identity_hash, numel, word_dtype
+
+_PASSTHROUGH_LIMIT = 64 << 20  # a manifest is never this big; larger files are not read whole
+
+
+def _previous_records(previous: bytes | None) -> dict[str, TensorRecord]:
+    """Records of the manifest being replaced, by identity hash (empty if there is none)."""
+    try:
+        manifest = parse_if_manifest(previous) if previous else None
+    except ManifestError:
+        manifest = None
+    return {r.hash: r for r in manifest.tensors.values()} if manifest else {}
+
+
+def _store_tensor(
+    tensor: TensorData, reuse: dict[str, TensorRecord], store: ObjectStore, config: Config
+) -> TensorRecord:
+    words = tensor.load()
+    digest = identity_hash(tensor.dtype, tensor.shape, words)
+    known = reuse.get(digest)
+    if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
+        return known
+    ref = store.put(codec.encode(words, clevel=config.compression_level))
+    return TensorRecord(tensor.dtype, tensor.shape, digest, "dense", (ref,))
+
+
+def clean(
+    src: Path, display_name: str, store: ObjectStore, config: Config, previous: bytes | None = None
+) -> bytes:
+    """The manifest for the checkpoint at ``src``.
+
+    ``previous`` is the blob the path had in the index (the manifest being replaced), used to
+    reuse unchanged tensors. A file that already is a manifest is returned in canonical form.
+    """
+    if src.stat().st_size <= _PASSTHROUGH_LIMIT:
+        head = src.read_bytes()
+        existing = parse_if_manifest(head)
+        if existing is not None:
+            return existing.to_bytes()
+    fmt = formats.detect(src, display_name)
+    checkpoint = fmt.read(src, display_name)
+    reuse = _previous_records(previous)
+    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+        records = list(
+            pool.map(lambda t: _store_tensor(t, reuse, store, config), checkpoint.tensors.values())
+        )
+    tensors = dict(zip(checkpoint.tensors, records, strict=True))
+    return Manifest(checkpoint.format, tensors, checkpoint.aliases).to_bytes()
+
+
+def missing_objects(manifest: Manifest, store: ObjectStore) -> dict[str, list[str]]:
+    """Objects ``manifest`` needs that are not in ``store``, with the tensors needing them."""
+    return {oid: names for oid, names in manifest.objects().items() if not store.has(oid)}
+
+
+def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarray:
+    itemsize = get_dtype(record.dtype).itemsize
+    word = word_dtype(itemsize)
+    count = numel(record.shape) * itemsize // word.itemsize
+    (obj,) = record.objects
+    words = codec.decode(store.read(obj.oid), word, count)
+    if identity_hash(record.dtype, record.shape, words) != record.hash:
+        raise HashMismatchError(
+            f"tensor `{name}` rebuilt from object {obj.oid[:12]}… does not match its recorded "
+            "hash: the object is corrupt; delete it and run `git lfs fetch`"
+        )
+    return words
+
+
+def smudge(data: bytes, store: ObjectStore, out: BinaryIO) -> None:
+    """Write the checkpoint a manifest describes to ``out`` (seekable).
+
+    Content that is not a manifest is written unchanged. Raises ObjectMissingError, before
+    writing anything, when objects are not local.
+    """
+    manifest = parse_if_manifest(data)
+    if manifest is None:
+        out.write(data)
+        return
+    missing = missing_objects(manifest, store)
+    if missing:
+        raise ObjectMissingError(missing)
+    tensors = {
+        name: TensorData(rec.dtype, rec.shape, lambda n=name, r=rec: _load_tensor(n, r, store))  # type: ignore[misc]
+        for name, rec in manifest.tensors.items()
+    }
+    formats.get(manifest.format["name"]).write(manifest.format, tensors, manifest.aliases, out)
+
+
+class RepoFilter:
+    """clean and smudge for the files of one repository, as git's filter drivers call them."""
+
+    def __init__(self, cwd: Path | str = ".") -> None:
+        from git_theta import config as config_module
+        from git_theta.gitio import git
+
+        self.cwd = Path(cwd)
+        self.config = config_module.load(cwd)
+        self.store = ObjectStore(git.lfs_dir(cwd))
+        self._git = git
+
+    def clean_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
+        previous = self._git.index_blob(pathname, cwd=self.cwd) if pathname else None
+        out.write(clean(src, pathname or "<stdin>", self.store, self.config, previous))
+
+    def smudge_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
+        data = src.read_bytes()
+        if self.config.skip_smudge:
+            out.write(data)
+            return
+        smudge(data, self.store, out)
+
+    def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+        """A filter-process request."""
+        if command == "clean":
+            self.clean_file(pathname, src, out)
+        else:
+            self.smudge_file(pathname, src, out)

@@ -1,0 +1,56 @@
+"""What every checkpoint format provides: a reader to tensors and a writer back to bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+
+
+@dataclass
+class TensorData:
+    """One tensor of a checkpoint, its bytes loaded on demand.
+
+    ``load()`` returns the tensor's canonical bytes as a contiguous 1-D array of unsigned
+    words (``tensors.word_dtype``); readers return views into the mapped file where they can.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    load: Callable[[], np.ndarray]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint taken apart: tensors in file order, aliases, and what the writer needs."""
+
+    format: dict[str, Any]
+    tensors: dict[str, TensorData]
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class Format(Protocol):
+    """A checkpoint format. ``name`` is what manifests record in ``format.name``."""
+
+    name: str
+
+    def sniff(self, head: bytes, size: int) -> bool:
+        """Whether a file of ``size`` bytes starting with ``head`` (up to 64 KiB) is in this format."""
+        ...
+
+    def read(self, path: Path, display_name: str) -> Checkpoint:
+        """Take the checkpoint at ``path`` apart; errors name ``display_name``."""
+        ...
+
+    def write(
+        self,
+        fmt: Mapping[str, Any],
+        tensors: Mapping[str, TensorData],
+        aliases: Mapping[str, str],
+        out: BinaryIO,
+    ) -> None:
+        """Rebuild the checkpoint into ``out`` (a seekable binary file)."""
+        ...

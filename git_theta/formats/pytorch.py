@@ -1,0 +1,648 @@
+"""PyTorch ``torch.save`` checkpoints, read and written without importing torch.
+
+A ``torch.save`` file is an uncompressed zip archive: ``<archive>/data.pkl`` (a pickle of the
+saved object whose tensors refer to storages by key), ``<archive>/data/<key>`` (the raw bytes
+of each storage) and a few small records. The pickle is read by an unpickler that knows
+only the globals a weights-only load needs (tensor rebuild functions, storage types, dtypes,
+``torch.Size``, ``torch.device``, ``OrderedDict``, ``set``, bytes); any other global is
+refused, so loading a checkpoint never runs code.
+
+The saved object becomes a tree of JSON nodes in the manifest (``format.root``); tensors in
+it are referred to by name. Names are the path of dict keys and list indexes from the root,
+joined by ``/`` (``~`` and ``/`` inside a key are written ``~0`` and ``~1``); a state dict's
+tensors keep their own keys as names. A tensor that views the same storage as an earlier one
+(tied weights) is recorded as an alias and rebuilt sharing that storage.
+
+Node kinds: ``{"tensor": name}`` (with ``"requires_grad": true`` when set), ``{"parameter":
+name, "requires_grad": bool}``, ``{"dict": [[key, value], ...]}``, ``{"odict": [...]}``,
+``{"list": [...]}`` (a dict key that is a string is written as a plain JSON string), ``{"tuple": [...]}``, ``{"set": [...]}``, ``{"int": n}``, ``{"float":
+hex}``, ``{"str": s}``, ``{"bytes": base64}``, ``{"bool": b}``, ``{"none": null}``,
+``{"torch.Size": [...]}``, ``{"torch.dtype": name}``, ``{"torch.device": [type, index]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import mmap
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from git_theta.errors import (
+    ManifestError,
+    NotACheckpointError,
+    ThetaError,
+    UnsafeCheckpointError,
+    UnsupportedError,
+)
+from git_theta.formats.base import Checkpoint, TensorData
+from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
+
+# torch dtype names that may appear as values (``torch.float16`` in a config dict).
+_TORCH_DTYPE_NAMES = frozenset(DTYPES) | {"qint8", "quint8", "qint32", "complex32"}
+_ALIGN = 64
+_KNOWN_RECORDS = {
+    "data.pkl",
+    "byteorder",
+    "version",
+    ".format_version",
+    ".storage_alignment",
+    ".data/serialization_id",
+    ".data/version",
+}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Storage:
+    key: str
+    dtype: DType | None  # None: an UntypedStorage, typed by the tensor that uses it
+    numel: int
+
+
+@dataclass(eq=False)
+class _TensorRef:
+    storage: _Storage
+    offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    requires_grad: bool
+    dtype: DType
+    parameter: bool = False
+    param_requires_grad: bool = False
+
+
+class _Global:
+    """A placeholder for an allowed global; calling it builds plain data, never runs code."""
+
+    def __init__(self, name: str, build: Any) -> None:
+        self.name = name
+        self._build = build
+
+    def __call__(self, *args: Any) -> Any:
+        return self._build(*args)
+
+
+class _TorchDtype:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _TorchSize(tuple):  # type: ignore[type-arg]
+    pass
+
+
+@dataclass(frozen=True)
+class _TorchDevice:
+    type: str
+    index: int | None
+
+
+def _device(spec: Any, index: Any = None) -> _TorchDevice:
+    if not isinstance(spec, str) or not (index is None or isinstance(index, int)):
+        raise pickle.UnpicklingError("invalid torch.device arguments")
+    if ":" in spec and index is None:
+        kind, _, idx = spec.partition(":")
+        return _TorchDevice(kind, int(idx))
+    return _TorchDevice(spec, index)
+
+
+def _rebuild_tensor(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, *rest: Any
+) -> _TensorRef:
+    if not isinstance(storage, _Storage) or storage.dtype is None:
+        raise pickle.UnpicklingError("tensor without a typed storage")
+    return _TensorRef(
+        storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), storage.dtype
+    )
+
+
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any,
+    hooks: Any,
+    dtype: Any,
+    *rest: Any,
+) -> _TensorRef:
+    if not isinstance(storage, _Storage) or not isinstance(dtype, _TorchDtype):
+        raise pickle.UnpicklingError("invalid _rebuild_tensor_v3 arguments")
+    if dtype.name not in DTYPES:
+        raise UnsupportedError(f"tensors of dtype torch.{dtype.name} are not supported")
+    return _TensorRef(
+        storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), DTYPES[dtype.name]
+    )
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any = None) -> _TensorRef:
+    if not isinstance(data, _TensorRef) or state:
+        raise UnsupportedError("a torch.nn.Parameter with extra state is not supported")
+    return _TensorRef(
+        data.storage,
+        data.offset,
+        data.shape,
+        data.stride,
+        data.requires_grad,
+        data.dtype,
+        True,
+        bool(requires_grad),
+    )
+
+
+def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise pickle.UnpicklingError("invalid _codecs.encode arguments")
+    return text.encode(encoding)
+
+
+def _set(items: Any = ()) -> set[Any]:
+    return set(items)
+
+
+_ALLOWED = {
+    "collections.OrderedDict": OrderedDict,
+    "torch._utils._rebuild_tensor_v2": _Global("_rebuild_tensor_v2", _rebuild_tensor),
+    "torch._utils._rebuild_tensor_v3": _Global("_rebuild_tensor_v3", _rebuild_tensor_v3),
+    "torch._utils._rebuild_parameter": _Global("_rebuild_parameter", _rebuild_parameter),
+    "torch._utils._rebuild_parameter_with_state": _Global("_rebuild_parameter", _rebuild_parameter),
+    "torch.Size": _Global("Size", lambda dims=(): _TorchSize(dims)),
+    "torch.device": _Global("device", _device),
+    "_codecs.encode": _Global("encode", _codecs_encode),
+    "__builtin__.set": _Global("set", _set),
+    "builtins.set": _Global("set", _set),
+}
+
+
+class _StorageType:
+    def __init__(self, dtype: DType | None) -> None:
+        self.dtype = dtype
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, display_name: str) -> None:
+        super().__init__(io.BytesIO(data))
+        self.display_name = display_name
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        if full in _ALLOWED:
+            return _ALLOWED[full]
+        if module == "torch" and name in _TORCH_DTYPE_NAMES:
+            return _TorchDtype(name)
+        if module == "torch" and name.endswith("Storage") and from_torch_storage(name):
+            return _StorageType(from_torch_storage(name))
+        if full == "torch.storage.UntypedStorage":
+            return _StorageType(None)
+        if module.split(".")[0] == "torch":
+            raise UnsupportedError(
+                f"{self.display_name}: uses `{full}` (a tensor subclass, quantized, sparse or "
+                "scripted object), which git-theta does not support"
+            )
+        raise UnsafeCheckpointError(self.display_name, full)
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+        _, kind, key, _location, count = pid
+        if not isinstance(kind, _StorageType) or not isinstance(key, str):
+            raise pickle.UnpicklingError("invalid storage reference")
+        storage = self.storages.get(key)
+        if storage is None:
+            storage = self.storages[key] = _Storage(key, kind.dtype, int(count))
+        return storage
+
+
+def _escape(component: str) -> str:
+    return component.replace("~", "~0").replace("/", "~1")
+
+
+class _TreeBuilder:
+    """Turns the unpickled object into JSON nodes and collects its tensors."""
+
+    def __init__(self, display_name: str) -> None:
+        self.display_name = display_name
+        self.tensors: dict[str, _TensorRef] = {}
+        self.aliases: dict[str, str] = {}
+        self._names: dict[int, str] = {}  # id(_TensorRef) -> name
+        self._views: dict[tuple[Any, ...], str] = {}  # identical view -> first name
+
+    def _unique(self, name: str) -> str:
+        candidate, n = name, 1
+        while candidate in self.tensors or candidate in self.aliases:
+            n += 1
+            candidate = f"{name}#{n}"
+        return candidate
+
+    def _tensor(self, ref: _TensorRef, path: list[str]) -> dict[str, Any]:
+        name = self._names.get(id(ref))
+        if name is None:
+            name = self._unique("/".join(path) if path else "tensor")
+            self._names[id(ref)] = name
+            view = (ref.storage.key, ref.offset, ref.shape, ref.stride, ref.dtype.name)
+            if view in self._views:
+                self.aliases[name] = self._views[view]
+            else:
+                self._views[view] = name
+                self.tensors[name] = ref
+        if ref.parameter:
+            return {"parameter": name, "requires_grad": ref.param_requires_grad}
+        node: dict[str, Any] = {"tensor": name}
+        if ref.requires_grad:
+            node["requires_grad"] = True
+        return node
+
+    def node(self, value: Any, path: list[str]) -> dict[str, Any]:
+        if isinstance(value, _TensorRef):
+            return self._tensor(value, path)
+        if value is None:
+            return {"none": None}
+        if isinstance(value, bool):
+            return {"bool": value}
+        if isinstance(value, int):
+            return {"int": value}
+        if isinstance(value, float):
+            return {"float": value.hex()}
+        if isinstance(value, str):
+            return {"str": value}
+        if isinstance(value, bytes):
+            return {"bytes": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, _TorchSize):
+            return {"torch.Size": [int(d) for d in value]}
+        if isinstance(value, _TorchDtype):
+            return {"torch.dtype": value.name}
+        if isinstance(value, _TorchDevice):
+            return {"torch.device": [value.type, value.index]}
+        if isinstance(value, dict):
+            kind = "odict" if isinstance(value, OrderedDict) else "dict"
+            items = []
+            for key, item in value.items():
+                if isinstance(key, (str, int)) and not isinstance(key, bool):
+                    label = str(key)
+                else:
+                    label = f"<{json.dumps(self.node(key, []), sort_keys=True)}>"
+                key_node = key if isinstance(key, str) else self.node(key, [])
+                items.append([key_node, self.node(item, [*path, _escape(label)])])
+            return {kind: items}
+        if isinstance(value, (list, tuple)):
+            kind = "tuple" if isinstance(value, tuple) else "list"
+            return {kind: [self.node(v, [*path, str(i)]) for i, v in enumerate(value)]}
+        if isinstance(value, set):
+            nodes = [self.node(v, [*path, "*"]) for v in value]
+            return {"set": sorted(nodes, key=lambda n: json.dumps(n, sort_keys=True))}
+        raise UnsupportedError(
+            f"{self.display_name}: values of type {type(value).__name__} are not supported"
+        )
+
+
+def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _tensor_loader(mm: mmap.mmap, start: int, storage_bytes: int, ref: _TensorRef) -> Any:
+    itemsize = ref.dtype.itemsize
+    word = word_dtype(itemsize)
+    count = numel(ref.shape)
+
+    def load() -> np.ndarray:
+        elements = np.frombuffer(
+            mm, dtype=np.dtype(f"V{itemsize}"), count=storage_bytes // itemsize, offset=start
+        )
+        if count == 0:
+            return np.zeros(0, dtype=word)
+        view = np.lib.stride_tricks.as_strided(
+            elements[ref.offset :],
+            shape=ref.shape,
+            strides=[s * itemsize for s in ref.stride],
+            writeable=False,
+        )
+        return np.ascontiguousarray(view).reshape(-1).view(word)
+
+    return load
+
+
+def _check_bounds(name: str, ref: _TensorRef, storage_bytes: int) -> None:
+    if len(ref.shape) != len(ref.stride) or any(d < 0 for d in ref.shape) or ref.offset < 0:
+        raise ValueError(f"tensor `{name}` has an invalid shape or stride")
+    if numel(ref.shape) == 0:
+        return
+    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+    if any(s < 0 for s in ref.stride) or (last + 1) * ref.dtype.itemsize > storage_bytes:
+        raise ValueError(f"tensor `{name}` points outside its storage")
+
+
+class PyTorchFormat:
+    """Reads and writes ``torch.save`` zip archives."""
+
+    name = "pytorch"
+
+    def sniff(self, head: bytes, size: int) -> bool:
+        return head[:4] == b"PK\x03\x04"
+
+    def read(self, path: Path, display_name: str) -> Checkpoint:
+        try:
+            return self._read(path, display_name)
+        except ThetaError:
+            raise
+        except zipfile.BadZipFile as exc:
+            raise NotACheckpointError(
+                display_name, f"truncated or corrupt PyTorch zip archive ({exc})"
+            ) from exc
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            OSError,
+            struct.error,
+        ) as exc:
+            raise NotACheckpointError(display_name, f"invalid PyTorch checkpoint: {exc}") from exc
+
+    def _read(self, path: Path, display_name: str) -> Checkpoint:
+        with open(path, "rb") as f:
+            archive = zipfile.ZipFile(f)
+            infos = {i.filename: i for i in archive.infolist()}
+            pkl = next((n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1), None)
+            if pkl is None:
+                raise ValueError("the zip archive has no data.pkl (not a torch.save file)")
+            prefix = pkl[: -len("data.pkl")]
+            for member in infos:
+                rel = member[len(prefix) :] if member.startswith(prefix) else member
+                if rel not in _KNOWN_RECORDS and not rel.startswith("data/"):
+                    raise UnsupportedError(
+                        f"{display_name}: torch archive member `{member}` is not supported "
+                        "(TorchScript and other archives are not plain torch.save files)"
+                    )
+            if prefix + "byteorder" in infos and archive.read(prefix + "byteorder") != b"little":
+                raise UnsupportedError(f"{display_name}: big-endian torch files are not supported")
+            unpickler = _Unpickler(archive.read(pkl), display_name)
+            root = unpickler.load()
+            builder = _TreeBuilder(display_name)
+            tree = builder.node(root, [])
+            offsets: dict[str, tuple[int, int]] = {}
+            for key in unpickler.storages:
+                info = infos.get(f"{prefix}data/{key}")
+                if info is None:
+                    raise ValueError(f"storage {key} is missing from the archive")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ValueError(f"storage {key} is compressed")
+                offsets[key] = (_member_data_offset(f, info), info.file_size)
+            size = path.stat().st_size
+            for start, length in offsets.values():
+                if start + length > size:
+                    raise ValueError("the file is truncated")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        tensors: dict[str, TensorData] = {}
+        for name, ref in builder.tensors.items():
+            start, length = offsets[ref.storage.key]
+            _check_bounds(name, ref, length)
+            tensors[name] = TensorData(
+                ref.dtype.name, ref.shape, _tensor_loader(mm, start, length, ref)
+            )
+        for name, target in builder.aliases.items():
+            _check_bounds(
+                name, builder.tensors[target], offsets[builder.tensors[target].storage.key][1]
+            )
+        return Checkpoint({"name": self.name, "root": tree}, tensors, builder.aliases)
+
+    def write(
+        self,
+        fmt: Mapping[str, Any],
+        tensors: Mapping[str, TensorData],
+        aliases: Mapping[str, str],
+        out: BinaryIO,
+    ) -> None:
+        if "root" not in fmt:
+            raise ManifestError("pytorch manifest has no `root`")
+        emitter = _PickleEmitter(tensors, aliases)
+        data_pkl = emitter.dumps(fmt["root"])
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            _write_record(archive, out, "archive/data.pkl", data_pkl)
+            _write_record(archive, out, "archive/.format_version", b"1")
+            _write_record(archive, out, "archive/.storage_alignment", b"64")
+            _write_record(archive, out, "archive/byteorder", b"little")
+            for key, name in enumerate(emitter.storage_order):
+                words = tensors[name].load()
+                _write_record(archive, out, f"archive/data/{key}", words.data.cast("B"))
+            _write_record(archive, out, "archive/version", b"3\n")
+
+
+def _write_record(
+    archive: zipfile.ZipFile, out: BinaryIO, name: str, data: bytes | memoryview
+) -> None:
+    """Write one uncompressed zip member whose data starts on a 64-byte boundary."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = len(data)
+    zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT
+    header_len = 30 + len(name.encode()) + (20 if zip64 else 0) + 4
+    pad = (-(out.tell() + header_len)) % _ALIGN
+    info.extra = struct.pack("<HH", 0x4246, pad) + b"\0" * pad
+    with archive.open(info, "w", force_zip64=zip64) as member:
+        member.write(data)
+
+
+_STORAGE_CLASS = {d.name: d.torch_storage for d in DTYPES.values()}
+
+
+class _PickleEmitter:
+    """Writes the JSON node tree as a protocol-2 pickle that ``torch.load`` accepts with
+    ``weights_only=True``: the same globals ``torch.save`` itself emits."""
+
+    def __init__(self, tensors: Mapping[str, TensorData], aliases: Mapping[str, str]) -> None:
+        self.tensors = tensors
+        self.aliases = aliases
+        self.storage_order: list[str] = []  # stored tensor name per storage key
+        self._storage_keys: dict[str, int] = {}
+        self._memo: dict[str, int] = {}  # tensor node name -> memo slot
+        self._out = io.BytesIO()
+
+    def dumps(self, root: Any) -> bytes:
+        self._out.write(b"\x80\x02")
+        self._node(root)
+        self._out.write(b".")
+        return self._out.getvalue()
+
+    def _w(self, data: bytes) -> None:
+        self._out.write(data)
+
+    def _global(self, module: str, name: str) -> None:
+        self._w(b"c" + module.encode() + b"\n" + name.encode() + b"\n")
+
+    def _int(self, v: int) -> None:
+        if 0 <= v < 256:
+            self._w(b"K" + bytes([v]))
+        elif 0 <= v < 65536:
+            self._w(b"M" + struct.pack("<H", v))
+        elif -(2**31) <= v < 2**31:
+            self._w(b"J" + struct.pack("<i", v))
+        else:
+            enc = pickle.encode_long(v)  # type: ignore[attr-defined]
+            self._w(
+                b"\x8a" + bytes([len(enc)]) + enc
+                if len(enc) < 256
+                else b"\x8b" + struct.pack("<i", len(enc)) + enc
+            )
+
+    def _str(self, v: str) -> None:
+        enc = v.encode("utf-8", "surrogatepass")
+        self._w(b"X" + struct.pack("<I", len(enc)) + enc)
+
+    def _tuple(self, items: list[Any], emit: Any) -> None:
+        self._w(b"(")
+        for item in items:
+            emit(item)
+        self._w(b"t")
+
+    def _tensor(self, name: str, requires_grad: bool) -> None:
+        target = self.aliases.get(name, name)
+        if target not in self.tensors:
+            raise ManifestError(f"pytorch manifest refers to unknown tensor `{name}`")
+        record = self.tensors[target]
+        if target not in self._storage_keys:
+            self._storage_keys[target] = len(self.storage_order)
+            self.storage_order.append(target)
+        key = self._storage_keys[target]
+        dtype = DTYPES[record.dtype]
+        storage_class = _STORAGE_CLASS[record.dtype]
+        v3 = storage_class is None
+        self._global("torch._utils", "_rebuild_tensor_v3" if v3 else "_rebuild_tensor_v2")
+        self._w(b"(")
+        # persistent id: ("storage", storage type, key, location, numel)
+        self._w(b"(")
+        self._str("storage")
+        if v3:
+            self._global("torch.storage", "UntypedStorage")
+        else:
+            self._global("torch", storage_class)  # type: ignore[arg-type]
+        self._str(str(key))
+        self._str("cpu")
+        count = numel(record.shape)
+        self._int(count * dtype.itemsize if v3 else count)
+        self._w(b"tQ")
+        self._int(0)
+        self._tuple(list(record.shape), self._int)
+        strides, acc = [], 1
+        for dim in reversed(record.shape):
+            strides.append(acc)
+            acc *= dim
+        self._tuple(list(reversed(strides)), self._int)
+        self._w(b"\x88" if requires_grad else b"\x89")
+        self._global("collections", "OrderedDict")
+        self._w(b")R")
+        if v3:
+            self._global("torch", record.dtype)
+        self._w(b"tR")
+
+    def _node(self, node: Any) -> None:
+        if not isinstance(node, dict) or len(node) not in (1, 2):
+            raise ManifestError(f"pytorch manifest has an invalid node {node!r:.80}")
+        if "tensor" in node or "parameter" in node:
+            name = node.get("tensor", node.get("parameter"))
+            if not isinstance(name, str):
+                raise ManifestError(f"pytorch manifest has an invalid tensor node {node!r:.80}")
+            slot = self._memo.get(json.dumps(node, sort_keys=True))
+            if slot is not None:
+                self._w(b"j" + struct.pack("<I", slot))
+                return
+            if "parameter" in node:
+                self._global("torch._utils", "_rebuild_parameter")
+                self._w(b"(")
+                self._tensor(name, False)
+                self._w(b"\x88" if node["requires_grad"] else b"\x89")
+                self._global("collections", "OrderedDict")
+                self._w(b")Rt" + b"R")
+            else:
+                self._tensor(name, bool(node.get("requires_grad", False)))
+            slot = len(self._memo)
+            self._memo[json.dumps(node, sort_keys=True)] = slot
+            self._w(b"r" + struct.pack("<I", slot))
+            return
+        ((kind, value),) = node.items()
+        if kind == "none":
+            self._w(b"N")
+        elif kind == "bool":
+            self._w(b"\x88" if value else b"\x89")
+        elif kind == "int":
+            self._int(int(value))
+        elif kind == "float":
+            self._w(b"G" + struct.pack(">d", float.fromhex(value)))
+        elif kind == "str":
+            self._str(value)
+        elif kind == "bytes":
+            self._global("_codecs", "encode")
+            self._str(base64.b64decode(value).decode("latin1"))
+            self._str("latin1")
+            self._w(b"\x86R")
+        elif kind in ("dict", "odict"):
+            if kind == "odict":
+                self._global("collections", "OrderedDict")
+                self._w(b")R")
+            else:
+                self._w(b"}")
+            if value:
+                self._w(b"(")
+                for key, item in value:
+                    if isinstance(key, str):
+                        self._str(key)
+                    else:
+                        self._node(key)
+                    self._node(item)
+                self._w(b"u")
+        elif kind == "list":
+            self._w(b"]")
+            if value:
+                self._w(b"(")
+                for item in value:
+                    self._node(item)
+                self._w(b"e")
+        elif kind == "tuple":
+            self._tuple(value, self._node)
+        elif kind == "set":
+            self._global("__builtin__", "set")
+            self._w(b"]")
+            if value:
+                self._w(b"(")
+                for item in value:
+                    self._node(item)
+                self._w(b"e")
+            self._w(b"\x85R")
+        elif kind == "torch.Size":
+            self._global("torch", "Size")
+            self._tuple(value, self._int)
+            self._w(b"\x85R")
+        elif kind == "torch.dtype":
+            if value not in _TORCH_DTYPE_NAMES:
+                raise ManifestError(f"pytorch manifest has unknown torch dtype `{value}`")
+            self._global("torch", value)
+        elif kind == "torch.device":
+            self._global("torch", "device")
+            self._str(value[0])
+            if value[1] is None:
+                self._w(b"\x85R")
+            else:
+                self._int(value[1])
+                self._w(b"\x86R")
+        else:
+            raise ManifestError(f"pytorch manifest has an unknown node kind `{kind}`")

@@ -1,0 +1,124 @@
+"""safetensors files, rebuilt byte-identical.
+
+Layout: u64 little-endian header length N, N bytes of JSON header (``dtype``, ``shape``,
+``data_offsets`` per tensor, optional ``__metadata__``), then the tensors' bytes, which are
+already canonical (little-endian, C order). The header is kept verbatim in the manifest, so
+the rebuilt file has exactly the original bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
+from git_theta.formats.base import Checkpoint, TensorData
+from git_theta.tensors import dtype as get_dtype
+from git_theta.tensors import from_safetensors, nbytes, word_dtype
+
+_MAX_HEADER = 100 << 20
+
+
+def _parse_header(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """(name, canonical dtype, shape, begin, end) per tensor, in the order of their data."""
+    header = json.loads(text)
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict):
+                raise ValueError("`__metadata__` is not an object")
+            continue
+        dt = from_safetensors(info["dtype"]).name
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+        if any(d < 0 for d in shape) or end - begin != nbytes(dt, shape):
+            raise ValueError(f"tensor `{name}` has data_offsets that do not fit its shape")
+        entries.append((name, dt, shape, begin, end))
+    entries.sort(key=lambda e: (e[3], e[4]))
+    return entries
+
+
+def _view(mm: mmap.mmap, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
+    itemsize = get_dtype(dt).itemsize
+    word = word_dtype(itemsize)
+    count = nbytes(dt, shape) // word.itemsize
+    return np.frombuffer(mm, dtype=word, count=count, offset=start)
+
+
+class SafetensorsFormat:
+    """Reads and writes safetensors files."""
+
+    name = "safetensors"
+
+    def sniff(self, head: bytes, size: int) -> bool:
+        if len(head) < 10:
+            return False
+        (n,) = struct.unpack("<Q", head[:8])
+        return 2 <= n <= min(size - 8, _MAX_HEADER) and head[8:9] == b"{"
+
+    def read(self, path: Path, display_name: str) -> Checkpoint:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            raw = f.read(n)
+            try:
+                text = raw.decode("utf-8")
+                entries = _parse_header(text)
+            except (ValueError, KeyError, TypeError, ThetaError) as exc:
+                raise NotACheckpointError(
+                    display_name, f"invalid safetensors header: {exc}"
+                ) from exc
+            data_start = 8 + n
+            expected = 0
+            for name, _, _, begin, end in entries:
+                if begin != expected:
+                    raise NotACheckpointError(
+                        display_name, f"tensor `{name}` data overlaps another or leaves a gap"
+                    )
+                expected = end
+            if data_start + expected != size:
+                reason = (
+                    "the file is truncated"
+                    if data_start + expected > size
+                    else ("the file has bytes after its last tensor")
+                )
+                raise NotACheckpointError(display_name, reason)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        tensors: dict[str, TensorData] = {}
+        for name, dt, shape, begin, _ in entries:
+            tensors[name] = TensorData(
+                dt,
+                shape,
+                lambda s=data_start + begin, d=dt, sh=shape: _view(mm, s, d, sh),  # type: ignore[misc]
+            )
+        return Checkpoint({"name": self.name, "header": text}, tensors)
+
+    def write(
+        self,
+        fmt: Mapping[str, Any],
+        tensors: Mapping[str, TensorData],
+        aliases: Mapping[str, str],
+        out: BinaryIO,
+    ) -> None:
+        text = fmt.get("header")
+        if not isinstance(text, str):
+            raise ManifestError("safetensors manifest has no `header`")
+        entries = _parse_header(text)
+        if {e[0] for e in entries} != set(tensors) or aliases:
+            raise ManifestError("safetensors manifest's header and tensors disagree")
+        raw = text.encode("utf-8")
+        out.write(struct.pack("<Q", len(raw)))
+        out.write(raw)
+        for name, dt, shape, _, _ in entries:
+            record = tensors[name]
+            if (record.dtype, record.shape) != (dt, shape):
+                raise ManifestError(f"safetensors header and manifest disagree on `{name}`")
+            out.write(record.load().data.cast("B"))

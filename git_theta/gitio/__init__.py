@@ -1,0 +1,1 @@
+"""git and git-lfs plumbing. Knows nothing of tensors."""

@@ -1,0 +1,94 @@
+"""``.gitattributes`` lines for tracked checkpoints, and git's own matching of them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from git_theta.errors import UsageError
+from git_theta.gitio import git
+
+ATTRIBUTES = "filter=theta diff=theta merge=theta -text"
+
+
+def _attributes_file(top: Path) -> Path:
+    return top / ".gitattributes"
+
+
+def _root_pattern(pattern: str, top: Path, cwd: Path) -> str:
+    """``pattern`` as written in the root ``.gitattributes`` (relative to the work tree root)."""
+    if not pattern or any(c.isspace() for c in pattern) or pattern.startswith(("#", "!")):
+        raise UsageError(
+            f"pattern {pattern!r} cannot be written to .gitattributes "
+            "(no whitespace, and it may not start with # or !)"
+        )
+    rel = os.path.relpath(cwd.resolve(), top.resolve())
+    if rel == "." or pattern.startswith("/"):
+        return pattern
+    return f"/{Path(rel).as_posix()}/{pattern}"
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def _is_theta_line(line: str, pattern: str) -> bool:
+    fields = line.split()
+    return bool(fields) and fields[0] == pattern and "filter=theta" in fields[1:]
+
+
+def track(patterns: list[str], cwd: Path | str = ".") -> tuple[list[str], list[str]]:
+    """Append a line per new pattern; returns (added patterns, already tracked patterns)."""
+    cwd = Path(cwd)
+    top = git.toplevel(cwd)
+    path = _attributes_file(top)
+    lines = _lines(path)
+    added, present = [], []
+    for raw in patterns:
+        pattern = _root_pattern(raw, top, cwd)
+        if any(line.strip() == f"{pattern} {ATTRIBUTES}" for line in lines):
+            present.append(pattern)
+            continue
+        lines.append(f"{pattern} {ATTRIBUTES}")
+        added.append(pattern)
+    if added:
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return added, present
+
+
+def untrack(patterns: list[str], cwd: Path | str = ".") -> list[str]:
+    """Remove the git-theta lines of ``patterns``; raises UsageError for one not tracked."""
+    cwd = Path(cwd)
+    top = git.toplevel(cwd)
+    path = _attributes_file(top)
+    lines = _lines(path)
+    removed = []
+    for raw in patterns:
+        pattern = _root_pattern(raw, top, cwd)
+        kept = [line for line in lines if not _is_theta_line(line, pattern)]
+        if len(kept) == len(lines):
+            raise UsageError(f"{raw!r} is not tracked by git-theta in {path}")
+        lines = kept
+        removed.append(pattern)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return removed
+
+
+def theta_paths(paths: list[str], cwd: Path | str = ".") -> list[str]:
+    """Those of ``paths`` (relative to the work tree root) that git filters with git-theta."""
+    if not paths:
+        return []
+    proc = git.run(
+        ["check-attr", "-z", "--stdin", "filter"],
+        cwd=cwd,
+        input="".join(p + "\0" for p in paths).encode(),
+    )
+    fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
+    return [fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] == "theta"]
+
+
+def candidate_files(cwd: Path | str = ".") -> list[str]:
+    """Files in the index or untracked-but-not-ignored, relative to the work tree root."""
+    top = git.toplevel(cwd)
+    proc = git.run(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=top)
+    return sorted({p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p})

@@ -1,0 +1,183 @@
+"""The manifest: what git stores in place of a checkpoint.
+
+A manifest has exactly one serialization (canonical JSON: sorted keys, a value on one line
+when it fits in 100 columns, else one member per line with two-space indent; UTF-8; one
+trailing newline), so the same checkpoint gives the same bytes everywhere::
+
+    {
+      "aliases": {"lm_head.weight": "wte.weight"},     # tensors stored once, rebuilt shared
+      "format": {"name": "pytorch", ...},              # what the format's writer needs
+      "git_theta": 1,                                  # schema version
+      "tensors": {
+        "wte.weight": {
+          "dtype": "float32", "shape": [50257, 768],
+          "hash": "<sha256 identity of dtype, shape and bytes>",
+          "storage": {"encoding": "dense", "objects": [{"oid": "<sha256>", "size": 123}]}
+        }
+      }
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from git_theta.errors import ManifestError
+from git_theta.store import ObjectRef, valid_oid
+from git_theta.tensors import DTYPES, nbytes
+
+SCHEMA_VERSION = 1
+ENCODINGS = frozenset({"dense"})
+WIDTH = 100
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One tensor: its identity and where its data lives."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    hash: str
+    encoding: str
+    objects: tuple[ObjectRef, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Logical size of the tensor in bytes."""
+        return nbytes(self.dtype, self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "hash": self.hash,
+            "storage": {
+                "encoding": self.encoding,
+                "objects": [{"oid": o.oid, "size": o.size} for o in self.objects],
+            },
+        }
+
+    @classmethod
+    def from_json(cls, name: str, value: Any) -> TensorRecord:
+        try:
+            storage = value["storage"]
+            record = cls(
+                dtype=value["dtype"],
+                shape=tuple(value["shape"]),
+                hash=value["hash"],
+                encoding=storage["encoding"],
+                objects=tuple(ObjectRef(o["oid"], o["size"]) for o in storage["objects"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"manifest entry for tensor `{name}` is malformed") from exc
+        if record.dtype not in DTYPES:
+            raise ManifestError(f"tensor `{name}` has unknown dtype `{record.dtype}`")
+        if not all(isinstance(d, int) and d >= 0 for d in record.shape):
+            raise ManifestError(f"tensor `{name}` has an invalid shape")
+        if record.encoding not in ENCODINGS:
+            raise ManifestError(
+                f"tensor `{name}` uses encoding `{record.encoding}`, which this git-theta "
+                "does not know: upgrade git-theta"
+            )
+        if not valid_oid(record.hash) or not all(
+            valid_oid(o.oid) and isinstance(o.size, int) for o in record.objects
+        ):
+            raise ManifestError(f"tensor `{name}` has an invalid hash or object id")
+        return record
+
+
+@dataclass
+class Manifest:
+    """A checkpoint as git stores it."""
+
+    format: dict[str, Any]
+    tensors: dict[str, TensorRecord] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """The canonical serialization."""
+        value = {
+            "git_theta": SCHEMA_VERSION,
+            "format": self.format,
+            "tensors": {name: rec.to_json() for name, rec in self.tensors.items()},
+            "aliases": self.aliases,
+        }
+        return (_canonical(value, 0) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and validate a manifest; raises ManifestError."""
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"not a git-theta manifest: {exc}") from exc
+        if not isinstance(value, dict) or "git_theta" not in value:
+            raise ManifestError("not a git-theta manifest: no `git_theta` schema version")
+        version = value["git_theta"]
+        if version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema version {version!r} is not one this git-theta knows "
+                f"(it reads version {SCHEMA_VERSION}): upgrade git-theta"
+            )
+        try:
+            fmt = value["format"]
+            tensors = {n: TensorRecord.from_json(n, v) for n, v in value["tensors"].items()}
+            aliases = dict(value.get("aliases", {}))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ManifestError("manifest is malformed") from exc
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("name"), str):
+            raise ManifestError("manifest has no format name")
+        for alias, target in aliases.items():
+            if target not in tensors or alias in tensors:
+                raise ManifestError(f"manifest alias `{alias}` -> `{target}` is invalid")
+        return cls(format=fmt, tensors=tensors, aliases=aliases)
+
+    def objects(self) -> dict[str, list[str]]:
+        """Every object this manifest needs, mapped to the tensor names that need it."""
+        needed: dict[str, list[str]] = {}
+        for name, record in self.tensors.items():
+            for obj in record.objects:
+                needed.setdefault(obj.oid, []).append(name)
+        return needed
+
+    def stored_size(self) -> int:
+        """Bytes of the distinct objects this manifest needs."""
+        sizes = {o.oid: o.size for r in self.tensors.values() for o in r.objects}
+        return sum(sizes.values())
+
+    def logical_size(self) -> int:
+        """Bytes of all tensors' data, as the checkpoint holds it."""
+        return sum(r.nbytes for r in self.tensors.values())
+
+
+def _canonical(value: Any, indent: int) -> str:
+    """Canonical JSON: sorted keys; a value whose one-line form fits in ``WIDTH`` columns
+    stays on one line, a longer object or array gets one member per line, two-space indent."""
+    flat = json.dumps(
+        value, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(", ", ": ")
+    )
+    if indent + len(flat) <= WIDTH or not isinstance(value, (dict, list)) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        members = [
+            f"{pad}{json.dumps(k, ensure_ascii=False)}: {_canonical(value[k], indent + 2)}"
+            for k in sorted(value)
+        ]
+        return "{\n" + ",\n".join(members) + "\n" + " " * indent + "}"
+    members = [pad + _canonical(v, indent + 2) for v in value]
+    return "[\n" + ",\n".join(members) + "\n" + " " * indent + "]"
+
+
+def looks_like_manifest(data: bytes) -> bool:
+    """Cheap test whether ``data`` is (meant to be) a manifest rather than a checkpoint."""
+    return data[:1] == b"{" and b'"git_theta"' in data
+
+
+def parse_if_manifest(data: bytes) -> Manifest | None:
+    """The manifest ``data`` holds, or None when it is not a manifest at all."""
+    if not looks_like_manifest(data):
+        return None
+    return Manifest.from_bytes(data)

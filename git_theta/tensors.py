@@ -1,0 +1,116 @@
+"""Tensors as canonical bytes: dtype names, shapes and the identity hash.
+
+A tensor's *identity* is its dtype, its shape and its raw little-endian C-order bytes.
+git-theta never interprets the values: every dtype is handled as unsigned integers of its
+width, so that encoding and decoding are bit-exact for floats, NaNs and all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from git_theta.errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class DType:
+    """One canonical dtype: its name, its width in bytes and its names in other formats."""
+
+    name: str
+    itemsize: int
+    safetensors: str | None
+    torch_storage: str | None  # the typed storage class torch pickles, if it has one
+
+
+DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in (
+        DType("float64", 8, "F64", "DoubleStorage"),
+        DType("float32", 4, "F32", "FloatStorage"),
+        DType("float16", 2, "F16", "HalfStorage"),
+        DType("bfloat16", 2, "BF16", "BFloat16Storage"),
+        DType("float8_e4m3fn", 1, "F8_E4M3", None),
+        DType("float8_e5m2", 1, "F8_E5M2", None),
+        DType("int64", 8, "I64", "LongStorage"),
+        DType("int32", 4, "I32", "IntStorage"),
+        DType("int16", 2, "I16", "ShortStorage"),
+        DType("int8", 1, "I8", "CharStorage"),
+        DType("uint64", 8, "U64", None),
+        DType("uint32", 4, "U32", None),
+        DType("uint16", 2, "U16", None),
+        DType("uint8", 1, "U8", "ByteStorage"),
+        DType("bool", 1, "BOOL", "BoolStorage"),
+        DType("complex64", 8, "C64", "ComplexFloatStorage"),
+        DType("complex128", 16, None, "ComplexDoubleStorage"),
+    )
+}
+
+_BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values() if d.safetensors}
+_BY_TORCH_STORAGE = {d.torch_storage: d for d in DTYPES.values() if d.torch_storage}
+
+
+def dtype(name: str) -> DType:
+    """The canonical dtype called ``name``; raises UnsupportedError for an unknown one."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UnsupportedError(f"dtype `{name}` is not supported by git-theta") from None
+
+
+def from_safetensors(code: str) -> DType:
+    """The canonical dtype of a safetensors dtype code such as ``BF16``."""
+    try:
+        return _BY_SAFETENSORS[code]
+    except KeyError:
+        raise UnsupportedError(
+            f"safetensors dtype `{code}` is not supported by git-theta"
+        ) from None
+
+
+def from_torch_storage(class_name: str) -> DType | None:
+    """The canonical dtype of a torch typed storage class such as ``FloatStorage``."""
+    return _BY_TORCH_STORAGE.get(class_name)
+
+
+def word_dtype(itemsize: int) -> np.dtype:
+    """The unsigned little-endian numpy dtype used to carry elements of ``itemsize`` bytes.
+
+    16-byte elements (complex128) are carried as pairs of 8-byte words.
+    """
+    return np.dtype(f"<u{min(itemsize, 8)}")
+
+
+def numel(shape: tuple[int, ...] | list[int]) -> int:
+    """Number of elements of a tensor of ``shape`` (1 for a 0-d tensor)."""
+    return math.prod(shape)
+
+
+def nbytes(dtype_name: str, shape: tuple[int, ...] | list[int]) -> int:
+    """Size in bytes of a tensor's canonical bytes."""
+    return numel(shape) * dtype(dtype_name).itemsize
+
+
+def identity_hash(
+    dtype_name: str, shape: tuple[int, ...] | list[int], data: np.ndarray | bytes | memoryview
+) -> str:
+    """The identity of a tensor: sha256 over its dtype, shape and canonical bytes, in hex.
+
+    It does not depend on how or where the tensor is stored, so two tensors with the same
+    hash are the same tensor bit for bit.
+    """
+    header = json.dumps({"dtype": dtype_name, "shape": list(shape)}, separators=(",", ":"))
+    digest = hashlib.sha256(b"git-theta tensor v1\0" + header.encode() + b"\0")
+    view = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
+    expected = nbytes(dtype_name, shape)
+    if view.nbytes != expected:
+        raise UnsupportedError(
+            f"tensor data has {view.nbytes} bytes, but a {dtype_name} tensor of shape "
+            f"{list(shape)} has {expected}"
+        )
+    digest.update(view)
+    return digest.hexdigest()

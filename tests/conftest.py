@@ -1,0 +1,42 @@
+"""Shared fixtures: every test runs real git and git-lfs in temporary directories, with a
+private HOME so the user's git config is never read or written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Repo, git_env
+
+
+@pytest.fixture(autouse=True)
+def isolated_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private HOME with a minimal global git config; no system config."""
+    home = tmp_path_factory.mktemp("home")
+    for key, value in git_env(home).items():
+        monkeypatch.setenv(key, value)
+    for key in list(os.environ):
+        if key.startswith("GIT_THETA_"):
+            monkeypatch.delenv(key)
+    return home
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repo]:
+    """A new repository with git-theta installed in its local config and `model.pt` tracked."""
+    r = Repo.init(tmp_path / "repo")
+    r.theta("install", "--local")
+    r.theta("track", "model.pt")
+    r.git("add", ".gitattributes")
+    r.git("commit", "-q", "-m", "track model.pt")
+    yield r
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _git_lfs_present() -> None:
+    if subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0:
+        pytest.fail("git-lfs is not installed: run scripts/setup.sh")
