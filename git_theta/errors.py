@@ -73,6 +73,31 @@ class HashMismatchError(ThetaError, ValueError):
     """Raised when a rebuilt tensor's identity hash differs from the one its manifest records."""
 
 
+class RemoteError(ThetaError, ConnectionError):
+    """Raised when objects cannot be uploaded to or downloaded from a remote's LFS server."""
+
+    def __init__(
+        self, remote: str, url: str, direction: str, tensors: list[str], reason: BaseException
+    ) -> None:
+        self.remote = remote
+        self.url = url
+        self.tensors = tensors
+        shown = ", ".join(f"`{t}`" for t in tensors[:3])
+        more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+        if direction == "upload":
+            fix = "check that the LFS server is reachable and accepts uploads, then push again"
+            what = (
+                f"could not upload objects for tensors {shown}{more} to remote `{remote}` ({url})"
+            )
+        else:
+            fix = (
+                f"check that the LFS server is reachable and has them (`git lfs fetch {remote}`), "
+                "then run `git theta checkout`"
+            )
+            what = f"could not download objects for tensors {shown}{more} from remote `{remote}` ({url})"
+        super().__init__(f"{what}: {reason}: {fix}")
+
+
 class GitError(ThetaError, RuntimeError):
     """Raised when a git or git-lfs command fails; ``stderr`` holds what it said."""
 

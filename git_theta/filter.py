@@ -10,6 +10,7 @@ identity hash -> format writer -> checkpoint bytes.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +19,7 @@ import numpy as np
 
 from git_theta import codec, formats
 from git_theta.config import Config
-from git_theta.errors import HashMismatchError, ManifestError, ObjectMissingError
+from git_theta.errors import HashMismatchError, ManifestError, ObjectMissingError, ThetaError
 from git_theta.formats import TensorData
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
@@ -112,6 +113,16 @@ def smudge(data: bytes, store: ObjectStore, out: BinaryIO) -> None:
     formats.get(manifest.format["name"]).write(manifest.format, tensors, manifest.aliases, out)
 
 
+def _ensure_hook(cwd: Path) -> None:
+    """Every repository the filter works in gets the pre-push hook (a clone made under a
+    global install must not be able to push commits whose objects stay behind)."""
+    from git_theta.gitio import hooks
+
+    # a read-only or unusual hooks directory must not break checkout
+    with contextlib.suppress(OSError, ThetaError):
+        hooks.install_hook(cwd)
+
+
 class RepoFilter:
     """clean and smudge for the files of one repository, as git's filter drivers call them."""
 
@@ -123,6 +134,7 @@ class RepoFilter:
         self.config = config_module.load(cwd)
         self.store = ObjectStore(git.lfs_dir(cwd))
         self._git = git
+        _ensure_hook(self.cwd)
 
     def clean_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
         previous = self._git.index_blob(pathname, cwd=self.cwd) if pathname else None
@@ -133,6 +145,11 @@ class RepoFilter:
         if self.config.skip_smudge:
             out.write(data)
             return
+        manifest = parse_if_manifest(data)
+        if manifest is not None and missing_objects(manifest, self.store):
+            from git_theta import remote
+
+            remote.fetch_missing([remote.Located(pathname, manifest)], self.store, cwd=self.cwd)
         smudge(data, self.store, out)
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:

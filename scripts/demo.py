@@ -44,8 +44,7 @@ def gpt2_like(layers: int, width: int, vocab: int) -> dict[str, torch.Tensor]:
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return list(a) == list(b) and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k])
-        for k in a
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
     )
 
 
@@ -60,8 +59,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="git-theta-demo-") as tmp:
         repo = Path(tmp)
-        env_name = {"GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@example.com",
-                    "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@example.com"}
+        env_name = {
+            "GIT_AUTHOR_NAME": "demo",
+            "GIT_AUTHOR_EMAIL": "demo@example.com",
+            "GIT_COMMITTER_NAME": "demo",
+            "GIT_COMMITTER_EMAIL": "demo@example.com",
+        }
         os.environ.update(env_name)
         sh("git", "init", "-q", "-b", "main", cwd=repo)
         sh("git", "theta", "install", "--local", cwd=repo)
@@ -96,8 +99,10 @@ def main() -> None:
         print(f"# git status clean after checkout: {status == ''}")
         print(f"# checkpoint size:             {size / 2**20:8.1f} MiB")
         print(f"# object store after commit 1: {after_v1 / 2**20:8.1f} MiB")
-        print(f"# object store after commit 2: {after_v2 / 2**20:8.1f} MiB "
-              f"(+{(after_v2 - after_v1) / 2**20:.1f} MiB for a {changed / 2**20:.1f} MiB layer)")
+        print(
+            f"# object store after commit 2: {after_v2 / 2**20:8.1f} MiB "
+            f"(+{(after_v2 - after_v1) / 2**20:.1f} MiB for a {changed / 2**20:.1f} MiB layer)"
+        )
         print(f"# storing both versions whole: {2 * size / 2**20:8.1f} MiB")
         if not (ok_old and ok_new and status == ""):
             sys.exit("demo: FAILED")

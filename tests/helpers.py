@@ -39,14 +39,21 @@ class Repo:
         subprocess.run(["git", "init", "-q", str(path)], check=True)
         return cls(path)
 
-    def run(self, *args: str, check: bool = True, input: bytes | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(list(args), cwd=self.path, capture_output=True,
-                              input=input.decode() if input is not None else None, text=True)
+    def run(
+        self, *args: str, check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            list(args),
+            cwd=self.path,
+            capture_output=True,
+            input=input.decode() if input is not None else None,
+            text=True,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\n"
-                f"stderr: {proc.stderr}")
+                f"stderr: {proc.stderr}"
+            )
         return proc
 
     def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -61,8 +68,9 @@ class Repo:
         return self.git("rev-parse", "HEAD").stdout.strip()
 
     def blob(self, rev_path: str) -> bytes:
-        return subprocess.run(["git", "cat-file", "blob", rev_path], cwd=self.path,
-                              capture_output=True, check=True).stdout
+        return subprocess.run(
+            ["git", "cat-file", "blob", rev_path], cwd=self.path, capture_output=True, check=True
+        ).stdout
 
     def objects(self) -> set[str]:
         """oids in the repository's LFS object store."""

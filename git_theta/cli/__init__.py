@@ -31,7 +31,7 @@ def root() -> None:
 
 
 def _register() -> None:
-    from git_theta.cli import files, filters, setup, track
+    from git_theta.cli import files, filters, remote, setup, track
 
     for command in (
         setup.install,
@@ -40,6 +40,9 @@ def _register() -> None:
         track.untrack,
         files.add,
         files.ls_files,
+        remote.fetch,
+        remote.checkout,
+        remote.hook,
         filters.clean,
         filters.smudge,
         filters.filter_process,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from git_theta.cli.options import scope_option
+from git_theta.gitio import hooks
 from git_theta.gitio import setup as setup_lib
 
 
@@ -19,6 +20,8 @@ def install(scope: str) -> None:
     """
     keys = setup_lib.install(scope)
     click.echo(f"git-theta installed ({scope} config: {', '.join(keys)})", err=True)
+    if setup_lib.in_repository() and hooks.install_hook():
+        click.echo(f"git-theta: pre-push hook installed in {hooks.hooks_dir()}", err=True)
 
 
 @click.command()
@@ -26,6 +29,8 @@ def install(scope: str) -> None:
 def uninstall(scope: str) -> None:
     """Remove exactly what `git theta install` added to git config."""
     keys = setup_lib.uninstall(scope)
+    if setup_lib.in_repository() and hooks.uninstall_hook():
+        click.echo(f"git-theta: pre-push hook removed from {hooks.hooks_dir()}", err=True)
     if keys:
         click.echo(f"git-theta uninstalled ({scope} config: removed {', '.join(keys)})", err=True)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from git_theta.cli import report
-from git_theta.gitio import attributes
+from git_theta.gitio import attributes, hooks
 from git_theta.gitio.setup import is_installed
 
 
@@ -28,6 +28,7 @@ def track(patterns: tuple[str, ...]) -> None:
         report("run `git add .gitattributes " + " ".join(matched) + "` to stage them")
     if not is_installed():
         report("warning: git-theta's filter is not configured here: run `git theta install`")
+    hooks.install_hook()
 
 
 @click.command()

@@ -57,3 +57,9 @@ def is_installed(cwd: Path | str = ".") -> bool:
     """Whether the filter driver is configured for the repository around ``cwd``."""
     proc = git.run(["config", "--get", "filter.theta.process"], cwd=cwd, check=False)
     return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def in_repository(cwd: Path | str = ".") -> bool:
+    """Whether ``cwd`` is inside a git work tree."""
+    proc = git.run(["rev-parse", "--is-inside-work-tree"], cwd=cwd, check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == b"true"

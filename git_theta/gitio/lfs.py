@@ -1,0 +1,114 @@
+"""Moving objects to and from a remote through git-lfs itself.
+
+Going through ``git lfs`` keeps every git-lfs setting working as users expect: ``lfs.url``
+and ``.lfsconfig``, credential helpers, ssh, ``lfs.concurrenttransfers``.
+
+- Upload: ``git lfs push --object-id <remote> --stdin`` with the oids.
+- Download: git-lfs fetches by ref, not by oid, so we write a throwaway commit whose tree
+  holds one LFS pointer per needed object (blobs, tree and commit in the object database
+  only; no ref, no index or work tree change) and run ``git lfs fetch <remote> <commit>``:
+  one batch request for all of them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from git_theta.errors import GitError
+from git_theta.gitio import git
+
+POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
+
+
+def default_remote(cwd: Path | str = ".") -> str:
+    """The remote git-lfs would use: ``lfs.remote.default``, the branch's upstream, ``origin``,
+    or the only remote there is."""
+    configured = git.run(["config", "--get", "lfs.remote.default"], cwd=cwd, check=False)
+    if configured.returncode == 0 and configured.stdout.strip():
+        return configured.stdout.decode().strip()
+    branch = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=cwd, check=False)
+    if branch.returncode == 0:
+        upstream = git.run(
+            ["config", "--get", f"branch.{branch.stdout.decode().strip()}.remote"],
+            cwd=cwd,
+            check=False,
+        )
+        if upstream.returncode == 0 and upstream.stdout.strip():
+            return upstream.stdout.decode().strip()
+    remotes = git.run(["remote"], cwd=cwd, check=False).stdout.decode().split()
+    if "origin" in remotes or not remotes:
+        return "origin"
+    return remotes[0] if len(remotes) == 1 else "origin"
+
+
+def remote_url(remote: str, cwd: Path | str = ".") -> str:
+    """The LFS endpoint git-lfs uses for ``remote`` (for messages), or the remote's URL."""
+    proc = git.run(["lfs", "env"], cwd=cwd, check=False)
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("Endpoint=") or line.startswith(f"Endpoint ({remote})="):
+            return line.split("=", 1)[1].split(" (auth=")[0]
+    url = git.run(["remote", "get-url", remote], cwd=cwd, check=False)
+    return url.stdout.decode().strip() or remote
+
+
+def _lfs(
+    args: list[str], cwd: Path | str, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``git lfs ARGS``; its progress reaches the terminal when stderr is one."""
+    show = sys.stderr.isatty()
+    return subprocess.run(
+        ["git", "lfs", *args],
+        cwd=cwd,
+        input=input,
+        stdout=subprocess.PIPE if not show else sys.stderr,
+        stderr=None if show else subprocess.PIPE,
+    )
+
+
+def push(remote: str, oids: Iterable[str], cwd: Path | str = ".") -> None:
+    """Upload objects to ``remote``'s LFS server; raises GitError with git-lfs's reason."""
+    payload = "".join(oid + "\n" for oid in oids).encode()
+    if not payload:
+        return
+    proc = _lfs(["push", "--object-id", remote, "--stdin"], cwd, input=payload)
+    if proc.returncode != 0:
+        raise GitError("git lfs push failed", (proc.stderr or b"").decode(errors="replace"))
+
+
+def fetch(remote: str, objects: dict[str, int], cwd: Path | str = ".") -> None:
+    """Download ``objects`` (oid -> size) from ``remote`` in one batch."""
+    if not objects:
+        return
+    entries = []
+    for oid, size in sorted(objects.items()):
+        blob = (
+            git.run(
+                ["hash-object", "-w", "--stdin"],
+                cwd=cwd,
+                input=POINTER.format(oid=oid, size=size).encode(),
+            )
+            .stdout.decode()
+            .strip()
+        )
+        entries.append(f"100644 blob {blob}\t{oid}\n")
+    tree = git.run(["mktree"], cwd=cwd, input="".join(entries).encode()).stdout.decode().strip()
+    commit = (
+        git.run(
+            ["commit-tree", tree, "-m", "git-theta fetch"],
+            cwd=cwd,
+            env={
+                "GIT_AUTHOR_NAME": "git-theta",
+                "GIT_AUTHOR_EMAIL": "git-theta@localhost",
+                "GIT_COMMITTER_NAME": "git-theta",
+                "GIT_COMMITTER_EMAIL": "git-theta@localhost",
+            },
+        )
+        .stdout.decode()
+        .strip()
+    )
+    proc = _lfs(["fetch", "--include=*", "--exclude=", remote, commit], cwd)
+    if proc.returncode != 0:
+        raise GitError("git lfs fetch failed", (proc.stderr or b"").decode(errors="replace"))

@@ -1,0 +1,324 @@
+"""Benchmark git-theta against plain Git LFS, side by side, in one run.
+
+For each workload (seeded checkpoints shaped like real models) and each tool, in fresh
+repositories: first `git add`, commit, one tensor changed, 1% of the entries of every tensor
+changed, every tensor changed, checkout of the first version, checkout of HEAD, and a clone
+from a local LFS server (giftless). Per step it prints the median wall time over the runs,
+the ratio git-theta / Git LFS, the peak RSS of the largest process (git or its filter; from
+wait4, as /usr/bin/time reports it), and the size of .git after each commit. Every checkout
+is verified bit-exact. Ratios are printed, never asserted.
+
+    python scripts/bench.py            # 50 MB and 498 MB workloads, .pt and safetensors, 3 runs
+    python scripts/bench.py --quick    # a few MB, 1 run: keeps the script working (CI)
+    python scripts/bench.py --medium   # adds the 1.4 GB GPT-2-medium shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.lfs_server import LfsServer  # noqa: E402  (the test suite's giftless launcher)
+
+STEPS = [
+    "add v1",
+    "commit v1",
+    "add 1 tensor",
+    "add 1% each",
+    "add all",
+    "checkout v1",
+    "checkout HEAD",
+    "clone",
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    layers: int
+    width: int
+    vocab: int
+    fmt: str  # "pt" (float32 torch.save) or "safetensors" (bfloat16)
+
+    @property
+    def filename(self) -> str:
+        return "model.pt" if self.fmt == "pt" else "model.safetensors"
+
+
+def gpt2_shapes(layers: int, width: int, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+    """GPT-2's tensor names and shapes (148 tensors for 12 layers)."""
+    shapes = [("wte.weight", (vocab, width)), ("wpe.weight", (1024, width))]
+    for i in range(layers):
+        p = f"h.{i}."
+        shapes += [
+            (p + "ln_1.weight", (width,)),
+            (p + "ln_1.bias", (width,)),
+            (p + "attn.c_attn.weight", (width, 3 * width)),
+            (p + "attn.c_attn.bias", (3 * width,)),
+            (p + "attn.c_proj.weight", (width, width)),
+            (p + "attn.c_proj.bias", (width,)),
+            (p + "ln_2.weight", (width,)),
+            (p + "ln_2.bias", (width,)),
+            (p + "mlp.c_fc.weight", (width, 4 * width)),
+            (p + "mlp.c_fc.bias", (4 * width,)),
+            (p + "mlp.c_proj.weight", (4 * width, width)),
+            (p + "mlp.c_proj.bias", (width,)),
+        ]
+    return shapes + [("ln_f.weight", (width,)), ("ln_f.bias", (width,))]
+
+
+def make_versions(w: Workload, out: Path) -> list[Path]:
+    """Five versions: v1; one tensor changed; 1% of every tensor changed (on top); every
+    tensor changed; returns their paths (v1, v2, v3, v4)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.float32 if w.fmt == "pt" else torch.bfloat16
+    sd = {
+        n: (torch.randn(s, generator=gen) * 0.02).to(dtype)
+        for n, s in gpt2_shapes(w.layers, w.width, w.vocab)
+    }
+    paths = []
+
+    def save(tag: str) -> None:
+        path = out / f"{tag}-{w.filename}"
+        if w.fmt == "pt":
+            torch.save(sd, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(sd, str(path), metadata={"format": "pt"})
+        paths.append(path)
+
+    save("v1")
+    sd["h.0.mlp.c_fc.weight"] = sd["h.0.mlp.c_fc.weight"] + 1  # one tensor
+    save("v2")
+    for name, t in sd.items():  # 1% of the entries of every tensor
+        flat = t.reshape(-1).clone()
+        idx = torch.randperm(flat.numel(), generator=gen)[: max(1, flat.numel() // 100)]
+        flat[idx] += 1
+        sd[name] = flat.reshape(t.shape)
+    save("v3")
+    sd = {n: t * 2 + 1 for n, t in sd.items()}  # every tensor
+    save("v4")
+    return paths
+
+
+@dataclass
+class Measure:
+    seconds: list[float] = field(default_factory=list)
+    rss_kb: int = 0
+    git_size: int = 0
+
+
+# Linux keeps a process's peak RSS across fork and exec, so a command started straight from
+# this (large) process would report this process's peak. A small launcher starts it instead
+# and reports the peak RSS of the command's process tree from wait4 (as /usr/bin/time does).
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Run a command; returns (wall seconds, peak RSS in KiB of its largest process)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", _LAUNCHER, rss.name, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        elapsed = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(
+                f"bench: {' '.join(args)} failed ({proc.returncode}): {proc.stderr.decode()[-800:]}"
+            )
+        return elapsed, int(rss.read() or 0)
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def same_checkpoint(a: Path, b: Path) -> bool:
+    """Bit-exact: identical bytes, or (torch files rebuilt by git-theta) identical tensors,
+    names, order and values, read with git-theta's own reader."""
+    if a.read_bytes() == b.read_bytes():
+        return True
+    from git_theta.formats import detect
+
+    fa, fb = detect(a, str(a)), detect(b, str(b))
+    ca, cb = fa.read(a, str(a)), fb.read(b, str(b))
+    if ca.format != cb.format or ca.aliases != cb.aliases or list(ca.tensors) != list(cb.tensors):
+        return False
+    return all(
+        (x.dtype, x.shape) == (y.dtype, y.shape) and x.load().tobytes() == y.load().tobytes()
+        for x, y in zip(ca.tensors.values(), cb.tensors.values(), strict=True)
+    )
+
+
+def bench_tool(
+    tool: str,
+    w: Workload,
+    versions: list[Path],
+    work: Path,
+    server: LfsServer,
+    env: dict[str, str],
+    results: dict[str, Measure],
+) -> None:
+    repo = work / f"{tool}-repo"
+    bare = work / f"{tool}-remote.git"
+    for p in (repo, bare):
+        shutil.rmtree(p, ignore_errors=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=env)
+    url = f"{server.url}-{tool}-{w.name}"
+    git = ["git", "-c", f"lfs.{url}.locksverify=false"]
+    subprocess.run(
+        ["git", tool, "track", w.filename], cwd=repo, check=True, env=env, capture_output=True
+    )
+    (repo / ".lfsconfig").write_text(f"[lfs]\n\turl = {url}\n")
+    subprocess.run(["git", "add", ".gitattributes", ".lfsconfig"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "-m", "track"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "remote", "add", "origin", str(bare)], cwd=repo, check=True, env=env)
+    target = repo / w.filename
+
+    def step(name: str, args: list[str], cwd: Path = repo) -> None:
+        seconds, rss = run(args, cwd, env)
+        m = results.setdefault(name, Measure())
+        m.seconds.append(seconds)
+        m.rss_kb = max(m.rss_kb, rss)
+
+    for i, (name, version) in enumerate(
+        zip(["add v1", "add 1 tensor", "add 1% each", "add all"], versions, strict=True)
+    ):
+        shutil.copyfile(version, target)
+        step(name, [*git, "add", w.filename])
+        commit = "commit v1" if i == 0 else f"commit {name}"
+        step(commit, [*git, "commit", "-q", "-m", name])
+        results[commit].git_size = du(repo / ".git")
+        if i == 0:
+            subprocess.run(["git", "tag", "v1"], cwd=repo, check=True, env=env)
+    step("checkout v1", [*git, "checkout", "v1", "--", w.filename])
+    if not same_checkpoint(target, versions[0]):
+        raise SystemExit(f"bench: {tool} checkout of v1 is not bit-exact")
+    step("checkout HEAD", [*git, "checkout", "HEAD", "--", w.filename])
+    if not same_checkpoint(target, versions[-1]):
+        raise SystemExit(f"bench: {tool} checkout of HEAD is not bit-exact")
+    subprocess.run(
+        [*git, "push", "-q", "origin", "main"], cwd=repo, check=True, env=env, capture_output=True
+    )
+    clone = work / f"{tool}-clone"
+    shutil.rmtree(clone, ignore_errors=True)
+    step("clone", [*git, "clone", "-q", str(bare), str(clone)], cwd=work)
+    if not same_checkpoint(clone / w.filename, versions[-1]):
+        raise SystemExit(f"bench: {tool} clone is not bit-exact")
+
+
+def fmt_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def report(w: Workload, size: int, theta: dict[str, Measure], lfs: dict[str, Measure]) -> None:
+    print(
+        f"\n### {w.name}: {w.filename}, {fmt_size(size)}, "
+        f"{len(gpt2_shapes(w.layers, w.width, w.vocab))} tensors",
+        flush=True,
+    )
+    print(
+        "| step | git-theta | Git LFS | ratio | peak RSS theta | peak RSS LFS | .git theta | .git LFS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name in theta:
+        t, g = theta[name], lfs[name]
+        mt, mg = statistics.median(t.seconds), statistics.median(g.seconds)
+        sizes = f"{fmt_size(t.git_size)} | {fmt_size(g.git_size)}" if t.git_size else " | "
+        print(
+            f"| {name} | {mt:.2f} s | {mg:.2f} s | {mt / mg:.2f}x | "
+            f"{fmt_size(t.rss_kb * 1024)} | {fmt_size(g.rss_kb * 1024)} | {sizes} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny workloads, one run (CI)")
+    parser.add_argument("--medium", action="store_true", help="add the 1.4 GB GPT-2-medium shape")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="runs per step (default 3; 1 with --quick)"
+    )
+    parser.add_argument("--only", choices=["pt", "safetensors"], help="one format only")
+    parser.add_argument("--workload", action="append", help="run only these workloads by name")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    if args.quick:
+        workloads = [
+            Workload("tiny", 2, 128, 4096, "pt"),
+            Workload("tiny", 2, 128, 4096, "safetensors"),
+        ]
+    else:
+        workloads = [
+            Workload("50MB", 6, 192, 50257, "pt"),
+            Workload("gpt2-small", 12, 768, 50257, "pt"),
+            Workload("gpt2-small", 12, 768, 50257, "safetensors"),
+        ]
+        if args.medium:
+            workloads.append(Workload("gpt2-medium", 24, 1024, 50257, "pt"))
+    workloads = [
+        w
+        for w in workloads
+        if (not args.only or w.fmt == args.only) and (not args.workload or w.name in args.workload)
+    ]
+    with tempfile.TemporaryDirectory(prefix="git-theta-bench-") as tmp:
+        work = Path(tmp)
+        home = work / "home"
+        home.mkdir()
+        (home / ".gitconfig").write_text(
+            "[user]\n\tname = bench\n\temail = bench@example.com\n[init]\n\tdefaultBranch = main\n"
+        )
+        env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+        for setup in (["git", "lfs", "install", "--skip-repo"], ["git", "theta", "install"]):
+            subprocess.run(setup, cwd=work, env=env, check=True, capture_output=True)
+        server = LfsServer(work / "lfs")
+        server.start()
+        try:
+            for w in workloads:
+                data = work / f"data-{w.name}-{w.fmt}"
+                data.mkdir()
+                versions = make_versions(w, data)
+                theta: dict[str, Measure] = {}
+                lfs: dict[str, Measure] = {}
+                for _ in range(runs):
+                    bench_tool("lfs", w, versions, work, server, env, lfs)
+                    bench_tool("theta", w, versions, work, server, env, theta)
+                report(w, versions[0].stat().st_size, theta, lfs)
+                shutil.rmtree(data)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
