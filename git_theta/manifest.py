@@ -33,6 +33,10 @@ ENCODINGS = frozenset({"dense"})
 WIDTH = 100
 
 
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass(frozen=True)
 class TensorRecord:
     """One tensor: its identity and where its data lives."""
@@ -74,7 +78,7 @@ class TensorRecord:
             raise ManifestError(f"manifest entry for tensor `{name}` is malformed") from exc
         if record.dtype not in DTYPES:
             raise ManifestError(f"tensor `{name}` has unknown dtype `{record.dtype}`")
-        if not all(isinstance(d, int) and d >= 0 for d in record.shape):
+        if not all(_natural(d) for d in record.shape):
             raise ManifestError(f"tensor `{name}` has an invalid shape")
         if record.encoding not in ENCODINGS:
             raise ManifestError(
@@ -82,7 +86,7 @@ class TensorRecord:
                 "does not know: upgrade git-theta"
             )
         if not valid_oid(record.hash) or not all(
-            valid_oid(o.oid) and isinstance(o.size, int) for o in record.objects
+            valid_oid(o.oid) and _natural(o.size) for o in record.objects
         ):
             raise ManifestError(f"tensor `{name}` has an invalid hash or object id")
         return record
@@ -152,28 +156,35 @@ class Manifest:
         return sum(r.nbytes for r in self.tensors.values())
 
 
-def _canonical(value: Any, indent: int) -> str:
-    """Canonical JSON: sorted keys; a value whose one-line form fits in ``WIDTH`` columns
-    stays on one line, a longer object or array gets one member per line, two-space indent."""
+def _canonical(value: Any, indent: int, lead: int = 0, trail: int = 0) -> str:
+    """Canonical JSON: sorted keys; a value stays on one line when that whole line (indent,
+    ``lead`` columns of key before it, ``trail`` columns of comma after it) fits in ``WIDTH``
+    columns; a longer object or array gets one member per line, two-space indent."""
     flat = json.dumps(
         value, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(", ", ": ")
     )
-    if indent + len(flat) <= WIDTH or not isinstance(value, (dict, list)) or not value:
+    fits = indent + lead + len(flat) + trail <= WIDTH
+    if fits or not isinstance(value, (dict, list)) or not value:
         return flat
     pad = " " * (indent + 2)
+    members = []
     if isinstance(value, dict):
-        members = [
-            f"{pad}{json.dumps(k, ensure_ascii=False)}: {_canonical(value[k], indent + 2)}"
-            for k in sorted(value)
-        ]
+        keys = sorted(value)
+        for i, k in enumerate(keys):
+            key = json.dumps(k, ensure_ascii=False) + ": "
+            comma = 1 if i < len(keys) - 1 else 0
+            members.append(pad + key + _canonical(value[k], indent + 2, len(key), comma))
         return "{\n" + ",\n".join(members) + "\n" + " " * indent + "}"
-    members = [pad + _canonical(v, indent + 2) for v in value]
+    for i, v in enumerate(value):
+        members.append(pad + _canonical(v, indent + 2, 0, 1 if i < len(value) - 1 else 0))
     return "[\n" + ",\n".join(members) + "\n" + " " * indent + "]"
 
 
 def looks_like_manifest(data: bytes) -> bool:
     """Cheap test whether ``data`` is (meant to be) a manifest rather than a checkpoint."""
-    return data[:1] == b"{" and b'"git_theta"' in data
+    # a safetensors file whose header is 123 bytes long also starts with "{", but its
+    # 8-byte length prefix has NUL bytes, which a manifest (UTF-8 JSON text) never has
+    return data[:1] == b"{" and b"\0" not in data[:8] and b'"git_theta"' in data
 
 
 def parse_if_manifest(data: bytes) -> Manifest | None:

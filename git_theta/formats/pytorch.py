@@ -15,7 +15,8 @@ tensors keep their own keys as names. A tensor that views the same storage as an
 
 Node kinds: ``{"tensor": name}`` (with ``"requires_grad": true`` when set), ``{"parameter":
 name, "requires_grad": bool}``, ``{"dict": [[key, value], ...]}``, ``{"odict": [...]}``,
-``{"list": [...]}`` (a dict key that is a string is written as a plain JSON string), ``{"tuple": [...]}``, ``{"set": [...]}``, ``{"int": n}``, ``{"float":
+``{"odict": [...], "attrs": [[name, value], ...]}`` (an OrderedDict's attributes, such as a
+state dict's ``_metadata``), ``{"list": [...]}`` (a dict key that is a string is written as a plain JSON string), ``{"tuple": [...]}``, ``{"set": [...]}``, ``{"int": n}``, ``{"float":
 hex}``, ``{"str": s}``, ``{"bytes": base64}``, ``{"bool": b}``, ``{"none": null}``,
 ``{"torch.Size": [...]}``, ``{"torch.dtype": name}``, ``{"torch.device": [type, index]}``.
 """
@@ -118,11 +119,23 @@ def _device(spec: Any, index: Any = None) -> _TorchDevice:
     return _TorchDevice(spec, index)
 
 
+def _refuse_view_flags(rest: tuple[Any, ...]) -> None:
+    """torch records lazy views (conjugate, negative) as a metadata argument; the stored bytes
+    are not the tensor's values, so rebuilding without the flag would silently change it."""
+    if rest and rest[0]:
+        flags = ", ".join(sorted(map(str, rest[0]))) if isinstance(rest[0], dict) else "metadata"
+        raise UnsupportedError(
+            f"a tensor is saved as a lazy view ({flags}), which git-theta does not support: "
+            "save `t.resolve_conj().resolve_neg()` instead"
+        )
+
+
 def _rebuild_tensor(
     storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, *rest: Any
 ) -> _TensorRef:
     if not isinstance(storage, _Storage) or storage.dtype is None:
         raise pickle.UnpicklingError("tensor without a typed storage")
+    _refuse_view_flags(rest)
     return _TensorRef(
         storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), storage.dtype
     )
@@ -142,6 +155,7 @@ def _rebuild_tensor_v3(
         raise pickle.UnpicklingError("invalid _rebuild_tensor_v3 arguments")
     if dtype.name not in DTYPES:
         raise UnsupportedError(f"tensors of dtype torch.{dtype.name} are not supported")
+    _refuse_view_flags(rest)
     return _TensorRef(
         storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), DTYPES[dtype.name]
     )
@@ -296,6 +310,14 @@ class _TreeBuilder:
                     label = f"<{json.dumps(self.node(key, []), sort_keys=True)}>"
                 key_node = key if isinstance(key, str) else self.node(key, [])
                 items.append([key_node, self.node(item, [*path, _escape(label)])])
+            attrs = vars(value) if isinstance(value, OrderedDict) else {}
+            if attrs:  # e.g. a state dict's `_metadata` (module versions), set by BUILD
+                return {
+                    kind: items,
+                    "attrs": [
+                        [k, self.node(v, [*path, _escape("@" + k)])] for k, v in attrs.items()
+                    ],
+                }
             return {kind: items}
         if isinstance(value, (list, tuple)):
             kind = "tuple" if isinstance(value, tuple) else "list"
@@ -579,7 +601,10 @@ class _PickleEmitter:
             self._memo[json.dumps(node, sort_keys=True)] = slot
             self._w(b"r" + struct.pack("<I", slot))
             return
-        ((kind, value),) = node.items()
+        attrs = node.get("attrs")
+        ((kind, value),) = [(k, v) for k, v in node.items() if k != "attrs"]
+        if attrs is not None and kind != "odict":
+            raise ManifestError(f"pytorch manifest has attributes on a `{kind}` node")
         if kind == "none":
             self._w(b"N")
         elif kind == "bool":
@@ -610,6 +635,12 @@ class _PickleEmitter:
                         self._node(key)
                     self._node(item)
                 self._w(b"u")
+            if attrs:  # BUILD with a state dict sets the OrderedDict's attributes
+                self._w(b"}(")
+                for key, item in attrs:
+                    self._str(key)
+                    self._node(item)
+                self._w(b"ub")
         elif kind == "list":
             self._w(b"]")
             if value:

@@ -67,7 +67,12 @@ class SafetensorsFormat:
     def read(self, path: Path, display_name: str) -> Checkpoint:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise NotACheckpointError(display_name, "the file is truncated")
+            (n,) = struct.unpack("<Q", prefix)
+            if n > min(size - 8, _MAX_HEADER):
+                raise NotACheckpointError(display_name, f"invalid safetensors header length {n}")
             raw = f.read(n)
             try:
                 text = raw.decode("utf-8")

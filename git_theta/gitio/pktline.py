@@ -10,6 +10,7 @@ from typing import BinaryIO
 
 MAX_PAYLOAD = 65516
 FLUSH = b"0000"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 
 
 class ProtocolError(Exception):
@@ -23,10 +24,9 @@ def read_packet(stream: BinaryIO) -> bytes | None:
         raise EOFError
     if len(header) != 4:
         raise ProtocolError("truncated pkt-line header")
-    try:
-        length = int(header, 16)
-    except ValueError:
-        raise ProtocolError(f"invalid pkt-line header {header!r}") from None
+    if not all(c in _HEX for c in header):
+        raise ProtocolError(f"invalid pkt-line header {header!r}")
+    length = int(header, 16)
     if length == 0:
         return None
     if length < 4:

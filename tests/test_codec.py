@@ -1,0 +1,279 @@
+"""codec: one tensor <-> one blob, bit-exact for every dtype; tensors: the identity hash."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from git_theta import codec, tensors
+from git_theta.errors import CorruptObjectError, UnsupportedError
+
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None)
+
+
+def blob_of(words: np.ndarray, clevel: int = 1) -> bytes:
+    return b"".join(codec.encode(words, clevel=clevel))
+
+
+def canonical_words(dtype_name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Random canonical bytes of a tensor, as the words the codec carries."""
+    itemsize = tensors.dtype(dtype_name).itemsize
+    raw = np.random.default_rng(seed).bytes(tensors.nbytes(dtype_name, shape))
+    words = np.frombuffer(raw, dtype=tensors.word_dtype(itemsize))
+    assert words.nbytes == tensors.numel(shape) * itemsize
+    return words
+
+
+shapes = st.lists(st.integers(0, 6), min_size=0, max_size=3).map(tuple)
+
+
+@SETTINGS
+@given(
+    dtype_name=st.sampled_from(sorted(tensors.DTYPES)),
+    shape=shapes,
+    seed=st.integers(0, 2**32 - 1),
+    chunk_bytes=st.sampled_from([8, 24, 64, codec.CHUNK_BYTES]),
+)
+def test_round_trip_is_bit_exact_and_deterministic(
+    dtype_name: str, shape: tuple[int, ...], seed: int, chunk_bytes: int
+) -> None:
+    words = canonical_words(dtype_name, shape, seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(codec, "CHUNK_BYTES", chunk_bytes)
+        blob = blob_of(words)
+        assert blob_of(words) == blob  # same input, same blob
+    decoded = codec.decode(blob, words.dtype, words.size)
+    assert decoded.dtype == words.dtype
+    assert decoded.shape == words.shape
+    assert decoded.flags.c_contiguous
+    assert decoded.tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize("dtype_name", sorted(tensors.DTYPES))
+def test_every_dtype_round_trips_across_many_chunks(
+    dtype_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec, "CHUNK_BYTES", 64)
+    words = canonical_words(dtype_name, (7, 9), seed=7)
+    blob = blob_of(words)
+    chunk_keys = [k for k in codec._unpack(blob) if k.startswith(b"c/")]
+    assert len(chunk_keys) == -(-words.nbytes // 64)  # one key per 64-byte chunk
+    assert codec.decode(blob, words.dtype, words.size).tobytes() == words.tobytes()
+
+
+def test_blob_layout_is_magic_count_and_sorted_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "CHUNK_BYTES", 8)
+    words = np.arange(1, 5, dtype="<u4")  # two chunks of two words
+    blob = blob_of(words)
+    assert blob.startswith(b"git-theta zarr v1\n" + struct.pack("<I", 3))
+    assert list(codec._unpack(blob)) == [b"c/0", b"c/1", b"zarr.json"]
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
+def test_scalar_and_empty_tensors(shape: tuple[int, ...]) -> None:
+    words = canonical_words("float32", shape, seed=1)
+    decoded = codec.decode(blob_of(words), words.dtype, words.size)
+    assert decoded.dtype == np.dtype("<u4")
+    assert decoded.tobytes() == words.tobytes()
+    assert decoded.size == tensors.numel(shape)
+
+
+@pytest.mark.parametrize(
+    ("dtype_name", "bits"),
+    [
+        ("float32", [0x7FC00000, 0x7FC00001, 0xFFC12345, 0x7F800001, 0xFF800000, 0x80000000]),
+        (
+            "float64",
+            [0x7FF8000000000000, 0x7FF0000000000001, 0xFFF8DEADBEEF0001, 0x8000000000000000],
+        ),
+        ("float16", [0x7E00, 0x7E01, 0xFC01, 0x7C01, 0x8000]),
+        ("bfloat16", [0x7FC0, 0x7FC1, 0xFF81, 0x7F81]),
+        ("float8_e4m3fn", [0x7F, 0xFF]),
+        ("float8_e5m2", [0x7D, 0xFE, 0x7F]),
+        ("complex64", [0x7FC00001, 0xFFC00002]),
+    ],
+)
+def test_nan_payloads_survive(dtype_name: str, bits: list[int]) -> None:
+    word = tensors.word_dtype(tensors.dtype(dtype_name).itemsize)
+    words = np.array(bits, dtype=word)
+    decoded = codec.decode(blob_of(words, clevel=9), word, words.size)
+    assert decoded.tolist() == bits
+    if dtype_name in ("float32", "float64", "float16"):
+        assert (
+            np.isnan(decoded.view(dtype_name)).sum() == np.isnan(words.view(dtype_name)).sum() > 0
+        )
+
+
+def test_complex128_is_carried_as_pairs_of_words() -> None:
+    words = canonical_words("complex128", (3,), seed=3)
+    assert words.dtype == np.dtype("<u8") and words.size == 6
+    assert codec.decode(blob_of(words), words.dtype, 6).tobytes() == words.tobytes()
+
+
+def test_compression_level_changes_nothing_decoded() -> None:
+    words = np.tile(np.arange(64, dtype="<u2"), 64)
+    for level in (1, 9):
+        blob = blob_of(words, clevel=level)
+        assert len(blob) < words.nbytes  # repetitive data shrinks
+        assert codec.decode(blob, words.dtype, words.size).tobytes() == words.tobytes()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((2, 2), dtype="<u4"),
+        np.zeros(4, dtype="<i4"),
+        np.zeros(4, dtype="<f4"),
+        np.zeros(8, dtype="<u4")[::2],
+    ],
+    ids=["2-d", "signed", "float", "strided"],
+)
+def test_encode_takes_only_contiguous_1d_unsigned_words(array: np.ndarray) -> None:
+    with pytest.raises(ValueError) as info:
+        blob_of(array)
+    assert str(info.value) == "codec.encode takes a contiguous 1-D array of unsigned words"
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, bytes]:
+    words = np.arange(100, dtype="<u4")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(codec, "CHUNK_BYTES", 64)  # several chunk keys
+        return words, blob_of(words)
+
+
+def test_decode_rejects_bad_magic(sample: tuple[np.ndarray, bytes]) -> None:
+    words, blob = sample
+    for bad in (b"", b"git-theta", b"git-theta zarr v2\n" + blob[18:], b"X" + blob[1:]):
+        with pytest.raises(CorruptObjectError) as info:
+            codec.decode(bad, words.dtype, words.size)
+        assert str(info.value) == "object is not a git-theta zarr blob (bad magic)"
+
+
+def test_decode_rejects_every_truncation(sample: tuple[np.ndarray, bytes]) -> None:
+    words, blob = sample
+    for cut in range(len(codec.MAGIC), len(blob)):
+        with pytest.raises(CorruptObjectError) as info:
+            codec.decode(blob[:cut], words.dtype, words.size)
+        assert str(info.value) == "object is truncated", cut
+
+
+@pytest.mark.parametrize("extra", [b"\0", b"trailing", b"git-theta zarr v1\n"])
+def test_decode_rejects_trailing_bytes(sample: tuple[np.ndarray, bytes], extra: bytes) -> None:
+    words, blob = sample
+    with pytest.raises(CorruptObjectError) as info:
+        codec.decode(blob + extra, words.dtype, words.size)
+    assert str(info.value) == "object has trailing bytes"
+
+
+@pytest.mark.parametrize(
+    ("word", "count", "message"),
+    [
+        ("<u4", 99, "object holds uint32[100], expected uint32[99]"),
+        ("<u4", 101, "object holds uint32[100], expected uint32[101]"),
+        ("<u2", 100, "object holds uint32[100], expected uint16[100]"),
+        ("<u8", 50, "object holds uint32[100], expected uint64[50]"),
+    ],
+)
+def test_decode_rejects_wrong_word_type_or_count(
+    sample: tuple[np.ndarray, bytes], word: str, count: int, message: str
+) -> None:
+    _, blob = sample
+    with pytest.raises(CorruptObjectError) as info:
+        codec.decode(blob, np.dtype(word), count)
+    assert str(info.value) == message
+
+
+def _pack(entries: dict[bytes, bytes]) -> bytes:
+    out = codec.MAGIC + struct.pack("<I", len(entries))
+    for key in sorted(entries):
+        out += struct.pack("<H", len(key)) + key + struct.pack("<Q", len(entries[key]))
+        out += entries[key]
+    return out
+
+
+def test_decode_rejects_undecodable_contents(sample: tuple[np.ndarray, bytes]) -> None:
+    words, blob = sample
+    entries = {k: bytes(v) for k, v in codec._unpack(blob).items()}
+    assert _pack(entries) == blob
+    garbage_chunk = {**entries, b"c/0": b"not blosc"}
+    no_metadata = {k: v for k, v in entries.items() if k != b"zarr.json"}
+    for bad in (garbage_chunk, no_metadata):
+        with pytest.raises(CorruptObjectError, match=r"^object cannot be decoded: "):
+            codec.decode(_pack(bad), words.dtype, words.size)
+
+
+# ------------------------------------------------------------------ identity hash
+
+ONE_TWO = np.array([1.0, 2.0], dtype="<f4").view("<u4")
+ONE_TWO_HASH = "b340e0560a1773ce50fdb4470bd51d0432a1a3f3be153152c8072ea43a94e17d"
+
+
+def test_identity_hash_known_value() -> None:
+    assert tensors.identity_hash("float32", (2,), ONE_TWO) == ONE_TWO_HASH
+    # the same bytes in any container give the same identity
+    assert tensors.identity_hash("float32", [2], ONE_TWO.tobytes()) == ONE_TWO_HASH
+    assert tensors.identity_hash("float32", (2,), memoryview(ONE_TWO.tobytes())) == ONE_TWO_HASH
+    assert tensors.identity_hash("float32", (2,), ONE_TWO.view("u1")) == ONE_TWO_HASH
+
+
+def test_identity_hash_depends_on_dtype_shape_and_every_bit() -> None:
+    flipped = ONE_TWO.copy()
+    flipped[1] ^= 1
+    others = {
+        tensors.identity_hash("int32", (2,), ONE_TWO),
+        tensors.identity_hash("uint32", (2,), ONE_TWO),
+        tensors.identity_hash("float32", (1, 2), ONE_TWO),
+        tensors.identity_hash("float32", (2, 1), ONE_TWO),
+        tensors.identity_hash("float16", (4,), ONE_TWO),
+        tensors.identity_hash("float32", (2,), flipped),
+    }
+    assert len(others) == 6 and ONE_TWO_HASH not in others
+
+
+def test_identity_hash_of_scalar_and_empty() -> None:
+    assert tensors.identity_hash("uint8", (), b"\x07") != tensors.identity_hash(
+        "uint8", (1,), b"\x07"
+    )
+    assert tensors.identity_hash("int8", (0,), b"") != tensors.identity_hash("int8", (0, 3), b"")
+
+
+@pytest.mark.parametrize(
+    ("dtype_name", "shape", "data", "message"),
+    [
+        (
+            "float32",
+            (2,),
+            b"\0" * 7,
+            "tensor data has 7 bytes, but a float32 tensor of shape [2] has 8",
+        ),
+        (
+            "float32",
+            (2,),
+            b"\0" * 9,
+            "tensor data has 9 bytes, but a float32 tensor of shape [2] has 8",
+        ),
+        (
+            "complex128",
+            (),
+            b"\0" * 8,
+            "tensor data has 8 bytes, but a complex128 tensor of shape [] has 16",
+        ),
+    ],
+)
+def test_identity_hash_rejects_wrong_byte_length(
+    dtype_name: str, shape: tuple[int, ...], data: bytes, message: str
+) -> None:
+    with pytest.raises(UnsupportedError) as info:
+        tensors.identity_hash(dtype_name, shape, data)
+    assert str(info.value) == message
+
+
+def test_unknown_dtype_is_unsupported() -> None:
+    with pytest.raises(UnsupportedError) as info:
+        tensors.identity_hash("float31", (1,), b"\0")
+    assert str(info.value) == "dtype `float31` is not supported by git-theta"

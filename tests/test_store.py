@@ -1,0 +1,165 @@
+"""The content-addressed object store, in git-lfs's layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from git_theta.errors import CorruptObjectError
+from git_theta.store import ObjectRef, ObjectStore, valid_oid
+
+DATA = b"hello git-theta\n"
+OID = "a08f936c37d8e494fa4e9b5e39b2671970a454363b0c6ddff9fc26837410105a"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    return ObjectStore(tmp_path / "lfs")
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if not p.is_dir())
+
+
+def test_put_returns_sha256_and_size(store: ObjectStore) -> None:
+    assert hashlib.sha256(DATA).hexdigest() == OID
+    assert store.put([DATA]) == ObjectRef(OID, len(DATA))
+
+
+def test_put_concatenates_chunks_of_any_kind(store: ObjectStore) -> None:
+    chunks = [DATA[:3], memoryview(DATA[3:9]), b"", bytearray(DATA[9:])]
+    assert store.put(chunks) == ObjectRef(OID, len(DATA))
+    assert store.read(OID) == DATA
+
+
+def test_put_of_nothing_is_the_empty_object(store: ObjectStore) -> None:
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert store.put([]) == ObjectRef(empty, 0)
+    assert store.read(empty) == b""
+
+
+def test_object_lives_in_the_lfs_layout_with_mode_0644(store: ObjectStore, tmp_path: Path) -> None:
+    store.put([DATA])
+    expected = tmp_path / "lfs" / "objects" / OID[0:2] / OID[2:4] / OID
+    assert store.path(OID) == expected
+    assert files_under(tmp_path / "lfs") == [expected]  # nothing else, nothing left in tmp/
+    assert expected.read_bytes() == DATA
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o644
+    assert store.has(OID)
+
+
+def test_put_of_an_existing_object_is_a_no_op(store: ObjectStore) -> None:
+    store.put([DATA])
+    path = store.path(OID)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    before = path.stat()
+    assert store.put([DATA[:5], DATA[5:]]) == ObjectRef(OID, len(DATA))
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, 1_000_000_000)
+    assert files_under(store.tmp_dir) == []
+
+
+def test_failing_chunk_iterator_leaves_nothing_behind(store: ObjectStore) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"first part"
+        yield b"second part"
+        raise RuntimeError("encoder failed")
+
+    with pytest.raises(RuntimeError, match="^encoder failed$"):
+        store.put(chunks())
+    assert files_under(store.objects_dir) == []
+    assert files_under(store.tmp_dir) == []
+
+
+def test_interrupt_mid_write_leaves_nothing_behind(store: ObjectStore) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 1000
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put(chunks())
+    assert files_under(store.lfs_dir) == []
+
+
+def test_read_returns_verified_bytes(store: ObjectStore) -> None:
+    store.put([DATA])
+    assert store.read(OID) == DATA
+
+
+def test_read_of_tampered_object_is_corrupt(store: ObjectStore) -> None:
+    store.put([DATA])
+    path = store.path(OID)
+    path.write_bytes(DATA.replace(b"git", b"GIT"))
+    with pytest.raises(CorruptObjectError) as info:
+        store.read(OID)
+    assert str(info.value) == (
+        f"object {OID[:12]}… in {store.objects_dir} is corrupt (its sha256 does not match): "
+        "delete it and run `git lfs fetch` to get a good copy"
+    )
+
+
+def test_read_of_truncated_object_is_corrupt(store: ObjectStore) -> None:
+    store.put([DATA])
+    store.path(OID).write_bytes(DATA[:-1])
+    with pytest.raises(CorruptObjectError):
+        store.read(OID)
+
+
+def test_read_of_missing_object(store: ObjectStore) -> None:
+    assert not store.has(OID)
+    with pytest.raises(FileNotFoundError):
+        store.read(OID)
+
+
+def test_put_replaces_a_truncated_copy(store: ObjectStore) -> None:
+    store.put([DATA])
+    store.path(OID).write_bytes(DATA[:4])
+    assert store.put([DATA]) == ObjectRef(OID, len(DATA))
+    assert store.read(OID) == DATA
+
+
+@pytest.mark.parametrize(
+    "oid",
+    [
+        "../../etc/passwd",
+        "../" + OID[3:],
+        OID.upper(),
+        OID[:63],
+        OID + "0",
+        "",
+        OID[:62] + "/x",
+        OID[:63] + "g",
+        "sha256:" + OID[:57],
+    ],
+)
+def test_path_rejects_invalid_oids(store: ObjectStore, oid: str) -> None:
+    assert not valid_oid(oid)
+    with pytest.raises(CorruptObjectError) as info:
+        store.path(oid)
+    assert str(info.value) == f"`{oid[:80]}` is not a valid object id"
+    with pytest.raises(CorruptObjectError):
+        store.has(oid)
+    with pytest.raises(CorruptObjectError):
+        store.read(oid)
+
+
+def test_store_layout_works_with_git_lfs(store: ObjectStore, tmp_path: Path) -> None:
+    """An object put here is one that `git lfs` itself finds (no remote is configured)."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    ref = ObjectStore(repo / ".git" / "lfs").put([DATA])
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{ref.oid}\nsize {ref.size}\n"
+    smudged = subprocess.run(
+        ["git", "lfs", "smudge", "weights.bin"],
+        cwd=repo,
+        input=pointer.encode(),
+        capture_output=True,
+        check=True,
+    )
+    assert smudged.stdout == DATA
