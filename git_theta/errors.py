@@ -59,7 +59,7 @@ class ObjectMissingError(ThetaError, FileNotFoundError):
         first = next(iter(missing.items()))
         names = ", ".join(f"`{n}`" for n in first[1][:3])
         more = f" (and {len(missing) - 1} more objects)" if len(missing) > 1 else ""
-        fix = hint or "run `git lfs fetch` and then `git theta checkout`"
+        fix = hint or "run `git theta checkout`, which fetches missing objects from the remote"
         super().__init__(
             f"object {first[0][:12]}… for tensor {names} is not in the local object store{more}: {fix}"
         )
@@ -91,7 +91,7 @@ class RemoteError(ThetaError, ConnectionError):
             )
         else:
             fix = (
-                f"check that the LFS server is reachable and has them (`git lfs fetch {remote}`), "
+                f"check that the LFS server is reachable and has them (`git theta fetch {remote}`), "
                 "then run `git theta checkout`"
             )
             what = f"could not download objects for tensors {shown}{more} from remote `{remote}` ({url})"
@@ -103,7 +103,7 @@ class GitError(ThetaError, RuntimeError):
 
     def __init__(self, message: str, stderr: str = "") -> None:
         self.stderr = stderr
-        detail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        detail = "; ".join(ln.strip() for ln in stderr.strip().splitlines() if ln.strip())[-600:]
         super().__init__(f"{message}: {detail}" if detail else message)
 
 

@@ -88,7 +88,7 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     if identity_hash(record.dtype, record.shape, words) != record.hash:
         raise HashMismatchError(
             f"tensor `{name}` rebuilt from object {obj.oid[:12]}… does not match its recorded "
-            "hash: the object is corrupt; delete it and run `git lfs fetch`"
+            "hash: the object is corrupt; delete it and run `git theta checkout` to fetch it again"
         )
     return words
 

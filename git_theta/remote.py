@@ -207,12 +207,28 @@ def checkout(paths: list[str], cwd: Path | str = ".") -> list[str]:
     from git_theta import filter as theta_filter
 
     top = git.toplevel(cwd)
+    index_file = Path(
+        git.output(["rev-parse", "--path-format=absolute", "--git-path", "index"], cwd=top)
+    )
+    restore_rest = False
+    if (
+        not index_file.exists()
+        and git.run(
+            ["rev-parse", "-q", "--verify", "HEAD^{commit}"], cwd=top, check=False
+        ).returncode
+        == 0
+    ):
+        # a clone whose checkout failed leaves no index: rebuild it from HEAD, then write
+        # the other files that checkout never wrote
+        git.run(["read-tree", "HEAD"], cwd=top)
+        restore_rest = True
     index = git.run(["ls-files", "-z", "--cached", "--", *paths], cwd=top).stdout.decode(
         "utf-8", "surrogateescape"
     )
     candidates = attributes.theta_paths(sorted({p for p in index.split("\0") if p}), top)
     repo = theta_filter.RepoFilter(top)
     todo: dict[str, Manifest] = {}
+    as_indexed: list[str] = []  # rebuilt from exactly the manifest the index holds
     for path in candidates:
         file = top / path
         if file.exists():
@@ -224,6 +240,8 @@ def checkout(paths: list[str], cwd: Path | str = ".") -> list[str]:
         manifest = parse_if_manifest(data) if looks_like_manifest(data) else None
         if manifest is not None:
             todo[path] = manifest
+            if data == git.index_blob(path, top):
+                as_indexed.append(path)
     fetch_missing([Located(p, m) for p, m in todo.items()], repo.store, cwd=top)
     for path, manifest in todo.items():
         target = top / path
@@ -238,6 +256,10 @@ def checkout(paths: list[str], cwd: Path | str = ".") -> list[str]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+    if as_indexed:  # the index recorded the manifest's size: record the rebuilt file's stat
+        git.run(["update-index", "-q", "--", *as_indexed], cwd=top)
+    if restore_rest:
+        git.run(["checkout-index", "-q", "-a"], cwd=top, check=False)
     if todo:
         git.run(["update-index", "-q", "--refresh"], cwd=top, check=False)
     return list(todo)

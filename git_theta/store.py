@@ -88,6 +88,6 @@ class ObjectStore:
         if hashlib.sha256(data).hexdigest() != oid:
             raise CorruptObjectError(
                 f"object {oid[:12]}… in {self.objects_dir} is corrupt (its sha256 does not "
-                "match): delete it and run `git lfs fetch` to get a good copy"
+                "match): delete it and run `git theta checkout` to fetch a good copy"
             )
         return data

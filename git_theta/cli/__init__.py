@@ -64,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        if exc.ctx is not None and exc.ctx.parent is None:
+            # git turns `git theta --help` into `git help theta` (a man page), so the hint
+            # for the root command names -h, which reaches us
+            click.echo(f"{exc.ctx.get_usage()}\nTry 'git theta -h' for help.\n", err=True)
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            return exc.exit_code
+        exc.show()
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -7,17 +7,27 @@ import sys
 
 import click
 
-from git_theta import inventory
+
+class _VerbatimCommand(click.Command):
+    """Keeps the arguments exactly as given (click would swallow a `--`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["verbatim"] = list(args)
+        return super().parse_args(ctx, args)
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(
+    cls=_VerbatimCommand,
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
-def add(args: tuple[str, ...]) -> None:
+@click.pass_context
+def add(ctx: click.Context, args: tuple[str, ...]) -> None:
     """Stage checkpoints: `git add` with the same paths and options.
 
     Everything after `add` is passed to `git add` unchanged.
     """
-    code = subprocess.run(["git", "add", *args]).returncode
+    code = subprocess.run(["git", "add", *ctx.meta["verbatim"]]).returncode
     if code:
         sys.exit(code)
 
@@ -38,6 +48,8 @@ def ls_files() -> None:
     Columns: tensors, logical size (the tensors' bytes) and stored size (the distinct
     objects the manifest needs), then the path.
     """
+    from git_theta import inventory  # numpy and GitPython load only for this command
+
     for item in inventory.tracked_files():
         if item.manifest is None:
             click.echo(f"{'-':>8} {'-':>10} {'-':>10}  {item.path}  ({item.problem})")

@@ -29,7 +29,10 @@ def install(scope: str) -> None:
 def uninstall(scope: str) -> None:
     """Remove exactly what `git theta install` added to git config."""
     keys = setup_lib.uninstall(scope)
-    if setup_lib.in_repository() and hooks.uninstall_hook():
+    # the hook stays while the filter is still configured at another scope: objects it
+    # stores must still reach the remote on push
+    in_repo = setup_lib.in_repository()
+    if in_repo and not setup_lib.is_installed() and hooks.uninstall_hook():
         click.echo(f"git-theta: pre-push hook removed from {hooks.hooks_dir()}", err=True)
     if keys:
         click.echo(f"git-theta uninstalled ({scope} config: removed {', '.join(keys)})", err=True)

@@ -46,7 +46,7 @@ def track(patterns: list[str], cwd: Path | str = ".") -> tuple[list[str], list[s
     added, present = [], []
     for raw in patterns:
         pattern = _root_pattern(raw, top, cwd)
-        if any(line.strip() == f"{pattern} {ATTRIBUTES}" for line in lines):
+        if any(line.split() == [pattern, *ATTRIBUTES.split()] for line in lines):
             present.append(pattern)
             continue
         lines.append(f"{pattern} {ATTRIBUTES}")

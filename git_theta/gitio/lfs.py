@@ -68,6 +68,14 @@ def _lfs(
     )
 
 
+def _reason(stderr: bytes | None) -> str:
+    """git-lfs's own words, most specific first: its last line is often only a summary
+    ("failed to fetch some objects"), the cause (connection refused, not found) comes before."""
+    lines = [ln.strip() for ln in (stderr or b"").decode(errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Downloading", "Uploading", "fetch:"))]
+    return "; ".join(dict.fromkeys(lines))[-600:]
+
+
 def push(remote: str, oids: Iterable[str], cwd: Path | str = ".") -> None:
     """Upload objects to ``remote``'s LFS server; raises GitError with git-lfs's reason."""
     payload = "".join(oid + "\n" for oid in oids).encode()
@@ -75,7 +83,7 @@ def push(remote: str, oids: Iterable[str], cwd: Path | str = ".") -> None:
         return
     proc = _lfs(["push", "--object-id", remote, "--stdin"], cwd, input=payload)
     if proc.returncode != 0:
-        raise GitError("git lfs push failed", (proc.stderr or b"").decode(errors="replace"))
+        raise GitError("git lfs push failed", _reason(proc.stderr))
 
 
 def fetch(remote: str, objects: dict[str, int], cwd: Path | str = ".") -> None:
@@ -111,4 +119,4 @@ def fetch(remote: str, objects: dict[str, int], cwd: Path | str = ".") -> None:
     )
     proc = _lfs(["fetch", "--include=*", "--exclude=", remote, commit], cwd)
     if proc.returncode != 0:
-        raise GitError("git lfs fetch failed", (proc.stderr or b"").decode(errors="replace"))
+        raise GitError("git lfs fetch failed", _reason(proc.stderr))
