@@ -19,7 +19,13 @@ import numpy as np
 
 from git_theta import codec, formats
 from git_theta.config import Config
-from git_theta.errors import HashMismatchError, ManifestError, ObjectMissingError, ThetaError
+from git_theta.errors import (
+    CorruptObjectError,
+    HashMismatchError,
+    ManifestError,
+    ObjectMissingError,
+    ThetaError,
+)
 from git_theta.formats import TensorData
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
@@ -84,7 +90,10 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
     (obj,) = record.objects
-    words = codec.decode(store.read(obj.oid), word, count)
+    try:
+        words = codec.decode(store.read(obj.oid), word, count)
+    except CorruptObjectError as exc:
+        raise CorruptObjectError(f"tensor `{name}`: {exc}") from exc
     if identity_hash(record.dtype, record.shape, words) != record.hash:
         raise HashMismatchError(
             f"tensor `{name}` rebuilt from object {obj.oid[:12]}… does not match its recorded "

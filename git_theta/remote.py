@@ -180,6 +180,12 @@ def fetch_missing(
     if not needed:
         return 0
     remote = remote or lfs.default_remote(cwd)
+    if not lfs.has_endpoint(remote, cwd):
+        raise ObjectMissingError(
+            {oid: names for oid, (_, names) in needed.items()},
+            f"there is no remote `{remote}` (and no lfs.url) to fetch it from: add the remote "
+            "the checkpoint came from (`git remote add origin URL`), then run `git theta checkout`",
+        )
     reason: Exception | None = None
     try:
         lfs.fetch(remote, {oid: size for oid, (size, _) in needed.items()}, cwd)

@@ -100,7 +100,7 @@ def test_read_of_tampered_object_is_corrupt(store: ObjectStore) -> None:
         store.read(OID)
     assert str(info.value) == (
         f"object {OID[:12]}… in {store.objects_dir} is corrupt (its sha256 does not match): "
-        "delete it and run `git lfs fetch` to get a good copy"
+        "delete it and run `git theta checkout` to fetch a good copy"
     )
 
 

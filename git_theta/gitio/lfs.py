@@ -44,6 +44,15 @@ def default_remote(cwd: Path | str = ".") -> str:
     return remotes[0] if len(remotes) == 1 else "origin"
 
 
+def has_endpoint(remote: str, cwd: Path | str = ".") -> bool:
+    """Whether git-lfs has somewhere to talk to for ``remote`` (a remote or an lfs.url)."""
+    if remote in git.run(["remote"], cwd=cwd, check=False).stdout.decode().split():
+        return True
+    if "://" in remote or remote.startswith(("/", ".")):  # a URL or path used as a remote
+        return True
+    return git.run(["config", "--get", "lfs.url"], cwd=cwd, check=False).returncode == 0
+
+
 def remote_url(remote: str, cwd: Path | str = ".") -> str:
     """The LFS endpoint git-lfs uses for ``remote`` (for messages), or the remote's URL."""
     proc = git.run(["lfs", "env"], cwd=cwd, check=False)
