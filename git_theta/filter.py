@@ -11,7 +11,8 @@ identity hash -> format writer -> checkpoint bytes.
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -90,23 +91,31 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
     (obj,) = record.objects
+    # the identity hash checks the decoded bytes end to end, so the blob's own sha256 is
+    # computed only to explain a failure
     try:
-        words = codec.decode(store.read(obj.oid), word, count)
-    except CorruptObjectError as exc:
-        raise CorruptObjectError(f"tensor `{name}`: {exc}") from exc
-    if identity_hash(record.dtype, record.shape, words) != record.hash:
-        raise HashMismatchError(
+        words = codec.decode(store.read(obj.oid, verify=False), word, count)
+        if identity_hash(record.dtype, record.shape, words) == record.hash:
+            return words
+        failure: ThetaError = HashMismatchError(
             f"tensor `{name}` rebuilt from object {obj.oid[:12]}… does not match its recorded "
             "hash: the object is corrupt; delete it and run `git theta checkout` to fetch it again"
         )
-    return words
+    except CorruptObjectError as exc:
+        failure = exc
+    try:
+        store.read(obj.oid)  # a blob that does not match its oid is the clearer message
+    except CorruptObjectError as exc:
+        failure = exc
+    raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
 
 
-def smudge(data: bytes, store: ObjectStore, out: BinaryIO) -> None:
-    """Write the checkpoint a manifest describes to ``out`` (seekable).
+def smudge(data: bytes, store: ObjectStore, out: BinaryIO, threads: int = 2) -> None:
+    """Write the checkpoint a manifest describes to ``out``, front to back.
 
     Content that is not a manifest is written unchanged. Raises ObjectMissingError, before
-    writing anything, when objects are not local.
+    writing anything, when objects are not local. Tensors are decoded and verified ahead of
+    the writer, in the order it consumes them, on ``threads`` threads.
     """
     manifest = parse_if_manifest(data)
     if manifest is None:
@@ -115,11 +124,54 @@ def smudge(data: bytes, store: ObjectStore, out: BinaryIO) -> None:
     missing = missing_objects(manifest, store)
     if missing:
         raise ObjectMissingError(missing)
-    tensors = {
-        name: TensorData(rec.dtype, rec.shape, lambda n=name, r=rec: _load_tensor(n, r, store))  # type: ignore[misc]
-        for name, rec in manifest.tensors.items()
-    }
-    formats.get(manifest.format["name"]).write(manifest.format, tensors, manifest.aliases, out)
+    fmt = formats.get(manifest.format["name"])
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1))
+        tensors = {
+            name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name))
+            for name, rec in manifest.tensors.items()
+        }
+        loader.order = fmt.write_order(manifest.format, tensors, manifest.aliases)
+        try:
+            fmt.write(manifest.format, tensors, manifest.aliases, out)
+        finally:
+            loader.cancel()
+
+
+class _AheadLoader:
+    """Decodes tensors on a pool, a bounded number ahead of the writer, in its order."""
+
+    def __init__(
+        self, manifest: Manifest, store: ObjectStore, pool: ThreadPoolExecutor, window: int
+    ) -> None:
+        self.manifest = manifest
+        self.store = store
+        self.pool = pool
+        self.window = window
+        self.order: list[str] = []
+        self._next = 0
+        self._pending: dict[str, Future[np.ndarray]] = {}
+
+    def _submit_ahead(self) -> None:
+        while self._next < len(self.order) and len(self._pending) < self.window:
+            name = self.order[self._next]
+            self._next += 1
+            if name not in self._pending:
+                record = self.manifest.tensors[name]
+                self._pending[name] = self.pool.submit(_load_tensor, name, record, self.store)
+
+    def load(self, name: str) -> np.ndarray:
+        self._submit_ahead()
+        future = self._pending.pop(name, None)
+        if future is None:  # asked out of the declared order: load it now
+            return _load_tensor(name, self.manifest.tensors[name], self.store)
+        result = future.result()
+        self._submit_ahead()
+        return result
+
+    def cancel(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
 
 
 def _ensure_hook(cwd: Path) -> None:
@@ -159,7 +211,7 @@ class RepoFilter:
             from git_theta import remote
 
             remote.fetch_missing([remote.Located(pathname, manifest)], self.store, cwd=self.cwd)
-        smudge(data, self.store, out)
+        smudge(data, self.store, out, threads=self.config.threads)
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         """A filter-process request."""

@@ -157,18 +157,22 @@ class Recorder:
     """A handler that records its calls and answers with ``answer(content)``."""
 
     def __init__(
-        self, answer: Callable[[bytes], bytes] | None = None, fail: Exception | None = None
+        self,
+        answer: Callable[[bytes], bytes] | None = None,
+        fail: Exception | None = None,
+        partial: bytes = b"",
     ) -> None:
         self.calls: list[tuple[str, str, bytes]] = []
         self.errors: list[tuple[str, str, BaseException]] = []
         self.answer = answer
         self.fail = fail
+        self.partial = partial  # written before failing
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         content = src.read_bytes()
         self.calls.append((command, pathname, content))
         if self.fail is not None:
-            out.write(b"partial output that must never be sent")
+            out.write(self.partial)
             raise self.fail
         out.write(self.answer(content) if self.answer is not None else b"manifest!")
 
@@ -233,6 +237,19 @@ def test_handler_exception_is_answered_with_status_error_only(tmp_path: Path) ->
     assert recorder.calls == [("smudge", "dir/model.pt", b"{manifest}")]
     assert recorder.errors == [("smudge", "dir/model.pt", boom)]
     assert recorder.errors[0][2] is boom
+
+
+def test_failure_after_output_started_aborts_with_a_late_error_status(tmp_path: Path) -> None:
+    # the protocol's abort: content so far, its flush, then status=error; git discards it
+    boom = RuntimeError("boom")
+    recorder = Recorder(fail=boom, partial=b"partial")
+    data = HANDSHAKE_IN + request("smudge", "model.pt", b"{manifest}")
+    reply = serve(recorder, data, tmp_path)
+    assert reply == (
+        HANDSHAKE_OUT + b"0013status=success\n0000" + b"000bpartial" + b"0000"
+        + b"0011status=error\n0000"
+    )
+    assert recorder.errors == [("smudge", "model.pt", boom)]
 
 
 def test_a_failed_file_does_not_stop_the_next_one(tmp_path: Path) -> None:

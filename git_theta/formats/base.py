@@ -45,6 +45,13 @@ class Format(Protocol):
         """Take the checkpoint at ``path`` apart; errors name ``display_name``."""
         ...
 
+    def write_order(
+        self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+    ) -> list[str]:
+        """Names of the stored tensors in the order ``write`` will load them (so they can be
+        decoded ahead, in parallel)."""
+        ...
+
     def write(
         self,
         fmt: Mapping[str, Any],
@@ -52,5 +59,5 @@ class Format(Protocol):
         aliases: Mapping[str, str],
         out: BinaryIO,
     ) -> None:
-        """Rebuild the checkpoint into ``out`` (a seekable binary file)."""
+        """Rebuild the checkpoint into ``out``, front to back (``out`` need not seek)."""
         ...

@@ -46,6 +46,7 @@ from git_theta.errors import (
     UnsupportedError,
 )
 from git_theta.formats.base import Checkpoint, TensorData
+from git_theta.formats.zipstream import ZipStream
 from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
@@ -448,6 +449,14 @@ class PyTorchFormat:
             )
         return Checkpoint({"name": self.name, "root": tree}, tensors, builder.aliases)
 
+    def write_order(
+        self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+    ) -> list[str]:
+        """Names of the stored tensors in the order ``write`` loads them."""
+        emitter = _PickleEmitter(tensors, aliases)
+        emitter.dumps(fmt["root"])
+        return emitter.storage_order
+
     def write(
         self,
         fmt: Mapping[str, Any],
@@ -459,30 +468,15 @@ class PyTorchFormat:
             raise ManifestError("pytorch manifest has no `root`")
         emitter = _PickleEmitter(tensors, aliases)
         data_pkl = emitter.dumps(fmt["root"])
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-            _write_record(archive, out, "archive/data.pkl", data_pkl)
-            _write_record(archive, out, "archive/.format_version", b"1")
-            _write_record(archive, out, "archive/.storage_alignment", b"64")
-            _write_record(archive, out, "archive/byteorder", b"little")
-            for key, name in enumerate(emitter.storage_order):
-                words = tensors[name].load()
-                _write_record(archive, out, f"archive/data/{key}", words.data.cast("B"))
-            _write_record(archive, out, "archive/version", b"3\n")
-
-
-def _write_record(
-    archive: zipfile.ZipFile, out: BinaryIO, name: str, data: bytes | memoryview
-) -> None:
-    """Write one uncompressed zip member whose data starts on a 64-byte boundary."""
-    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = len(data)
-    zip64 = info.file_size * 1.05 > zipfile.ZIP64_LIMIT
-    header_len = 30 + len(name.encode()) + (20 if zip64 else 0) + 4
-    pad = (-(out.tell() + header_len)) % _ALIGN
-    info.extra = struct.pack("<HH", 0x4246, pad) + b"\0" * pad
-    with archive.open(info, "w", force_zip64=zip64) as member:
-        member.write(data)
+        archive = ZipStream(out, align=_ALIGN)
+        archive.add("archive/data.pkl", data_pkl)
+        archive.add("archive/.format_version", b"1")
+        archive.add("archive/.storage_alignment", b"64")
+        archive.add("archive/byteorder", b"little")
+        for key, name in enumerate(emitter.storage_order):
+            archive.add(f"archive/data/{key}", tensors[name].load().data.cast("B"))
+        archive.add("archive/version", b"3\n")
+        archive.close()
 
 
 _STORAGE_CLASS = {d.name: d.torch_storage for d in DTYPES.values()}

@@ -106,6 +106,12 @@ class SafetensorsFormat:
             )
         return Checkpoint({"name": self.name, "header": text}, tensors)
 
+    def write_order(
+        self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+    ) -> list[str]:
+        """Names of the tensors in the order ``write`` loads them (their order in the file)."""
+        return [e[0] for e in _parse_header(fmt["header"])]
+
     def write(
         self,
         fmt: Mapping[str, Any],

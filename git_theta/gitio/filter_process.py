@@ -4,10 +4,13 @@ Handshake: git sends ``git-filter-client`` and ``version=2``; we answer ``git-fi
 and ``version=2``, then git lists capabilities and we answer the ones we support (``clean``,
 ``smudge``). Then, per file: a list of ``command=...``, ``pathname=...`` and other keys, the
 content, and we answer ``status=success``, the new content and an empty status list (keep
-``success``), or ``status=error`` before any content.
+``success``).
 
-The file's content is spooled to a temporary file, the handler writes its result to another
-temporary file, and only then does the answer start, so a failure never sends half a file.
+The file's content is spooled to a temporary file (formats need random access). The answer
+is streamed as the handler writes it: ``status=success`` goes out with the first bytes. A
+handler that fails before writing anything is answered ``status=error`` alone; one that fails
+after is answered with the content so far and then ``status=error``, which the protocol
+defines as an abort: git discards the content and the command fails.
 """
 
 from __future__ import annotations
@@ -24,6 +27,34 @@ from git_theta.gitio import pktline
 Handler = Callable[[str, str, Path, BinaryIO], None]
 ErrorReporter = Callable[[str, str, BaseException], None]
 CAPABILITIES = ("clean", "smudge")
+_BUFFER = 1 << 20
+
+
+class _Answer:
+    """A write-only stream that sends what is written as content packets, after a
+    ``status=success`` sent with the first bytes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.started = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return 0
+        self.start()
+        for pos in range(0, view.nbytes, pktline.MAX_PAYLOAD):
+            pktline.write_packet(self.out, view[pos : pos + pktline.MAX_PAYLOAD])
+        return view.nbytes
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            pktline.write_text(self.out, "status=success")
+            pktline.write_flush(self.out)
+
+    def flush(self) -> None:
+        pass
 
 
 def _handshake(inp: BinaryIO, out: BinaryIO) -> None:
@@ -48,8 +79,8 @@ def serve(
     out: BinaryIO | None = None,
 ) -> None:
     """Answer git's requests until it closes the pipe."""
-    inp = inp or sys.stdin.buffer
-    out = out or sys.stdout.buffer
+    inp = inp or open(sys.stdin.fileno(), "rb", buffering=_BUFFER, closefd=False)  # noqa: SIM115
+    out = out or open(sys.stdout.fileno(), "wb", buffering=_BUFFER, closefd=False)  # noqa: SIM115
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
     _handshake(inp, out)
@@ -60,25 +91,22 @@ def serve(
             return
         meta = dict(line.split("=", 1) for line in headers if "=" in line)
         command, pathname = meta.get("command", ""), meta.get("pathname", "")
-        with (
-            tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="theta-in-") as src,
-            tempfile.TemporaryFile(dir=tmp_dir, prefix="theta-out-") as dst,
-        ):
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="theta-in-") as src:
             for chunk in pktline.read_content(inp):
                 src.write(chunk)
             src.flush()
+            answer = _Answer(out)
             try:
                 if command not in CAPABILITIES:
                     raise ValueError(f"unsupported filter command {command!r}")
-                handler(command, pathname, Path(src.name), dst)
+                handler(command, pathname, Path(src.name), answer)  # type: ignore[arg-type]
             except Exception as exc:  # any failure becomes status=error for this file
                 on_error(command, pathname, exc)
+                if answer.started:
+                    pktline.write_flush(out)  # end of the partial content
                 pktline.write_text(out, "status=error")
                 pktline.write_flush(out)
                 continue
-            pktline.write_text(out, "status=success")
-            pktline.write_flush(out)
-            dst.seek(0)
-            pktline.write_content(out, dst)
+            answer.start()  # an empty result is still a success
             pktline.write_flush(out)
             pktline.write_flush(out)  # empty list: status stays "success"

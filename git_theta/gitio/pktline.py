@@ -51,11 +51,12 @@ def read_content(stream: BinaryIO) -> Iterator[bytes]:
         yield packet
 
 
-def write_packet(stream: BinaryIO, payload: bytes) -> None:
+def write_packet(stream: BinaryIO, payload: bytes | memoryview) -> None:
     """Write one packet (``payload`` must fit in one)."""
-    if not payload or len(payload) > MAX_PAYLOAD:
+    size = len(payload)
+    if not size or size > MAX_PAYLOAD:
         raise ValueError("pkt-line payload must be 1 to 65516 bytes")
-    stream.write(b"%04x" % (len(payload) + 4))
+    stream.write(b"%04x" % (size + 4))
     stream.write(payload)
 
 
