@@ -12,8 +12,10 @@ All integers are little-endian. The same input gives the same blob.
 
 from __future__ import annotations
 
+import io
 import struct
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -74,42 +76,41 @@ def encode(words: np.ndarray, clevel: int = 1) -> Iterator[bytes]:
         yield value
 
 
-def _unpack(blob: bytes | memoryview) -> dict[bytes, memoryview]:
-    view = memoryview(blob)
-    if bytes(view[: len(MAGIC)]) != MAGIC:
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise CorruptObjectError("object is truncated")
+    return data
+
+
+def _unpack(blob: bytes | memoryview | BinaryIO) -> dict[bytes, bytes]:
+    """The keys and values of a blob (its bytes, or a binary file positioned at its start),
+    read front to back: each value is read once, straight into its own bytes object."""
+    stream = io.BytesIO(blob) if isinstance(blob, (bytes, memoryview)) else blob
+    if stream.read(len(MAGIC)) != MAGIC:
         raise CorruptObjectError("object is not a git-theta zarr blob (bad magic)")
-    try:
-        pos = len(MAGIC)
-        (count,) = _COUNT.unpack_from(view, pos)
-        pos += _COUNT.size
-        entries: dict[bytes, memoryview] = {}
-        for _ in range(count):
-            (klen,) = _KEY.unpack_from(view, pos)
-            pos += _KEY.size
-            key = bytes(view[pos : pos + klen])
-            pos += klen
-            (vlen,) = _VALUE.unpack_from(view, pos)
-            pos += _VALUE.size
-            if pos + vlen > len(view):
-                raise CorruptObjectError("object is truncated")
-            entries[key] = view[pos : pos + vlen]
-            pos += vlen
-    except struct.error as exc:
-        raise CorruptObjectError("object is truncated") from exc
-    if pos != len(view):
+    (count,) = _COUNT.unpack(_read_exact(stream, _COUNT.size))
+    entries: dict[bytes, bytes] = {}
+    for _ in range(count):
+        (klen,) = _KEY.unpack(_read_exact(stream, _KEY.size))
+        key = _read_exact(stream, klen)
+        (vlen,) = _VALUE.unpack(_read_exact(stream, _VALUE.size))
+        entries[key] = _read_exact(stream, vlen)
+    if stream.read(1):
         raise CorruptObjectError("object has trailing bytes")
     return entries
 
 
-def decode(blob: bytes | memoryview, word: np.dtype, words: int) -> np.ndarray:
-    """Decode a blob made by ``encode``; checks it holds ``words`` words of type ``word``."""
+def decode(blob: bytes | memoryview | BinaryIO, word: np.dtype, words: int) -> np.ndarray:
+    """Decode a blob made by ``encode`` (its bytes, or a binary file positioned at its start);
+    checks it holds ``words`` words of type ``word``."""
     import tensorstore as ts
 
     entries = _unpack(blob)
     context = ts.Context()
     store = ts.KvStore.open({"driver": "memory"}, context=context).result()
     for key, value in entries.items():
-        store.write(key, bytes(value)).result()
+        store.write(key, value).result()
     try:
         array = ts.open(
             {"driver": "zarr3", "kvstore": {"driver": "memory"}, "open": True}, context=context

@@ -94,7 +94,8 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     # the identity hash checks the decoded bytes end to end, so the blob's own sha256 is
     # computed only to explain a failure
     try:
-        words = codec.decode(store.read(obj.oid, verify=False), word, count)
+        with store.open(obj.oid) as blob:
+            words = codec.decode(blob, word, count)
         if identity_hash(record.dtype, record.shape, words) == record.hash:
             return words
         failure: ThetaError = HashMismatchError(

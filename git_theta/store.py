@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from git_theta.errors import CorruptObjectError
 
@@ -78,15 +79,19 @@ class ObjectStore:
             raise
         return ObjectRef(oid, size)
 
-    def read(self, oid: str, verify: bool = True) -> bytes:
+    def open(self, oid: str) -> BinaryIO:
+        """Object ``oid`` as an unbuffered binary file, not checked: for callers that verify
+        what they decode from it end to end (the tensor's identity hash)."""
+        return open(self.path(oid), "rb", buffering=0)
+
+    def read(self, oid: str) -> bytes:
         """The bytes of object ``oid``, checked against its sha256.
 
         Raises FileNotFoundError when it is not stored, CorruptObjectError when its bytes
-        do not hash to ``oid``. ``verify=False`` skips the check, for callers that verify
-        what they decode from the bytes end to end (the tensor's identity hash).
+        do not hash to ``oid``.
         """
         data = self.path(oid).read_bytes()
-        if verify and hashlib.sha256(data).hexdigest() != oid:
+        if hashlib.sha256(data).hexdigest() != oid:
             raise CorruptObjectError(
                 f"object {oid[:12]}… in {self.objects_dir} is corrupt (its sha256 does not "
                 "match): delete it and run `git theta checkout` to fetch a good copy"

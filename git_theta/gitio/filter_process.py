@@ -57,6 +57,17 @@ class _Answer:
         pass
 
 
+def _grow_pipes() -> None:
+    """Ask for 1 MiB pipe buffers to and from git (Linux): fewer switches per checkpoint."""
+    try:
+        import fcntl
+
+        for fd in (0, 1):
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _BUFFER)
+    except (ImportError, OSError, ValueError):
+        pass  # not a pipe, not Linux, or over the system's limit: the default works too
+
+
 def _handshake(inp: BinaryIO, out: BinaryIO) -> None:
     welcome = pktline.read_text_list(inp)
     if welcome[:1] != ["git-filter-client"] or "version=2" not in welcome[1:]:
@@ -83,6 +94,7 @@ def serve(
     out = out or open(sys.stdout.fileno(), "wb", buffering=_BUFFER, closefd=False)  # noqa: SIM115
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
+    _grow_pipes()
     _handshake(inp, out)
     while True:
         try:
