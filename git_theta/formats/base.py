@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
+
+
+def read_range(file: BinaryIO, offset: int, size: int) -> np.ndarray:
+    """``size`` bytes of ``file`` from ``offset`` into a new array (positional reads, so
+    threads can share the file). Readers load tensors this way rather than mapping the whole
+    file: memory then holds only the tensors being processed."""
+    buffer = np.empty(size, dtype=np.uint8)
+    view = buffer.data
+    done = 0
+    while done < size:
+        got = os.preadv(file.fileno(), [view[done:]], offset + done)
+        if got == 0:
+            raise EOFError(f"file ends {size - done} bytes early")
+        done += got
+    return buffer
 
 
 @dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import mmap
 import pickle
 import struct
 import zipfile
@@ -45,7 +44,7 @@ from git_theta.errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
-from git_theta.formats.base import Checkpoint, TensorData
+from git_theta.formats.base import Checkpoint, TensorData, read_range
 from git_theta.formats.zipstream import ZipStream
 from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
 
@@ -340,19 +339,21 @@ def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _tensor_loader(mm: mmap.mmap, start: int, storage_bytes: int, ref: _TensorRef) -> Any:
+def _tensor_loader(file: BinaryIO, start: int, ref: _TensorRef) -> Any:
     itemsize = ref.dtype.itemsize
     word = word_dtype(itemsize)
     count = numel(ref.shape)
 
     def load() -> np.ndarray:
-        elements = np.frombuffer(
-            mm, dtype=np.dtype(f"V{itemsize}"), count=storage_bytes // itemsize, offset=start
-        )
         if count == 0:
             return np.zeros(0, dtype=word)
+        # read only the span the view covers (bounds were checked against the storage)
+        span = 1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+        data = read_range(file, start + ref.offset * itemsize, span * itemsize)
+        if span == count and _is_contiguous(ref):
+            return data.view(word)
         view = np.lib.stride_tricks.as_strided(
-            elements[ref.offset :],
+            data.view(np.dtype(f"V{itemsize}")),
             shape=ref.shape,
             strides=[s * itemsize for s in ref.stride],
             writeable=False,
@@ -360,6 +361,15 @@ def _tensor_loader(mm: mmap.mmap, start: int, storage_bytes: int, ref: _TensorRe
         return np.ascontiguousarray(view).reshape(-1).view(word)
 
     return load
+
+
+def _is_contiguous(ref: _TensorRef) -> bool:
+    expected = 1
+    for dim, stride in zip(reversed(ref.shape), reversed(ref.stride), strict=True):
+        if dim != 1 and stride != expected:
+            return False
+        expected *= dim
+    return True
 
 
 def _check_bounds(name: str, ref: _TensorRef, storage_bytes: int) -> None:
@@ -403,46 +413,50 @@ class PyTorchFormat:
             raise NotACheckpointError(display_name, f"invalid PyTorch checkpoint: {exc}") from exc
 
     def _read(self, path: Path, display_name: str) -> Checkpoint:
-        with open(path, "rb") as f:
-            archive = zipfile.ZipFile(f)
-            infos = {i.filename: i for i in archive.infolist()}
-            pkl = next((n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1), None)
-            if pkl is None:
-                raise ValueError("the zip archive has no data.pkl (not a torch.save file)")
-            prefix = pkl[: -len("data.pkl")]
-            for member in infos:
-                rel = member[len(prefix) :] if member.startswith(prefix) else member
-                if rel not in _KNOWN_RECORDS and not rel.startswith("data/"):
-                    raise UnsupportedError(
-                        f"{display_name}: torch archive member `{member}` is not supported "
-                        "(TorchScript and other archives are not plain torch.save files)"
-                    )
-            if prefix + "byteorder" in infos and archive.read(prefix + "byteorder") != b"little":
-                raise UnsupportedError(f"{display_name}: big-endian torch files are not supported")
-            unpickler = _Unpickler(archive.read(pkl), display_name)
-            root = unpickler.load()
-            builder = _TreeBuilder(display_name)
-            tree = builder.node(root, [])
-            offsets: dict[str, tuple[int, int]] = {}
-            for key in unpickler.storages:
-                info = infos.get(f"{prefix}data/{key}")
-                if info is None:
-                    raise ValueError(f"storage {key} is missing from the archive")
-                if info.compress_type != zipfile.ZIP_STORED:
-                    raise ValueError(f"storage {key} is compressed")
-                offsets[key] = (_member_data_offset(f, info), info.file_size)
-            size = path.stat().st_size
-            for start, length in offsets.values():
-                if start + length > size:
-                    raise ValueError("the file is truncated")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for the tensors' loads
+        try:
+            return self._read_open(f, path, display_name)
+        except BaseException:
+            f.close()
+            raise
+
+    def _read_open(self, f: BinaryIO, path: Path, display_name: str) -> Checkpoint:
+        archive = zipfile.ZipFile(f)
+        infos = {i.filename: i for i in archive.infolist()}
+        pkl = next((n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1), None)
+        if pkl is None:
+            raise ValueError("the zip archive has no data.pkl (not a torch.save file)")
+        prefix = pkl[: -len("data.pkl")]
+        for member in infos:
+            rel = member[len(prefix) :] if member.startswith(prefix) else member
+            if rel not in _KNOWN_RECORDS and not rel.startswith("data/"):
+                raise UnsupportedError(
+                    f"{display_name}: torch archive member `{member}` is not supported "
+                    "(TorchScript and other archives are not plain torch.save files)"
+                )
+        if prefix + "byteorder" in infos and archive.read(prefix + "byteorder") != b"little":
+            raise UnsupportedError(f"{display_name}: big-endian torch files are not supported")
+        unpickler = _Unpickler(archive.read(pkl), display_name)
+        root = unpickler.load()
+        builder = _TreeBuilder(display_name)
+        tree = builder.node(root, [])
+        offsets: dict[str, tuple[int, int]] = {}
+        for key in unpickler.storages:
+            info = infos.get(f"{prefix}data/{key}")
+            if info is None:
+                raise ValueError(f"storage {key} is missing from the archive")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"storage {key} is compressed")
+            offsets[key] = (_member_data_offset(f, info), info.file_size)
+        size = path.stat().st_size
+        for start, length in offsets.values():
+            if start + length > size:
+                raise ValueError("the file is truncated")
         tensors: dict[str, TensorData] = {}
         for name, ref in builder.tensors.items():
             start, length = offsets[ref.storage.key]
             _check_bounds(name, ref, length)
-            tensors[name] = TensorData(
-                ref.dtype.name, ref.shape, _tensor_loader(mm, start, length, ref)
-            )
+            tensors[name] = TensorData(ref.dtype.name, ref.shape, _tensor_loader(f, start, ref))
         for name, target in builder.aliases.items():
             _check_bounds(
                 name, builder.tensors[target], offsets[builder.tensors[target].storage.key][1]

@@ -9,7 +9,6 @@ the rebuilt file has exactly the original bytes.
 from __future__ import annotations
 
 import json
-import mmap
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
-from git_theta.formats.base import Checkpoint, TensorData
+from git_theta.formats.base import Checkpoint, TensorData, read_range
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import from_safetensors, nbytes, word_dtype
 
@@ -46,11 +45,9 @@ def _parse_header(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]
     return entries
 
 
-def _view(mm: mmap.mmap, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
-    itemsize = get_dtype(dt).itemsize
-    word = word_dtype(itemsize)
-    count = nbytes(dt, shape) // word.itemsize
-    return np.frombuffer(mm, dtype=word, count=count, offset=start)
+def _load(file: BinaryIO, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
+    word = word_dtype(get_dtype(dt).itemsize)
+    return read_range(file, start, nbytes(dt, shape)).view(word)
 
 
 class SafetensorsFormat:
@@ -66,7 +63,8 @@ class SafetensorsFormat:
 
     def read(self, path: Path, display_name: str) -> Checkpoint:
         size = path.stat().st_size
-        with open(path, "rb") as f:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for the tensors' loads
+        try:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise NotACheckpointError(display_name, "the file is truncated")
@@ -96,13 +94,15 @@ class SafetensorsFormat:
                     else ("the file has bytes after its last tensor")
                 )
                 raise NotACheckpointError(display_name, reason)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            f.close()
+            raise
         tensors: dict[str, TensorData] = {}
         for name, dt, shape, begin, _ in entries:
             tensors[name] = TensorData(
                 dt,
                 shape,
-                lambda s=data_start + begin, d=dt, sh=shape: _view(mm, s, d, sh),  # type: ignore[misc]
+                lambda s=data_start + begin, d=dt, sh=shape: _load(f, s, d, sh),  # type: ignore[misc]
             )
         return Checkpoint({"name": self.name, "header": text}, tensors)
 
