@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,16 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 
-def read_range(file: BinaryIO, offset: int, size: int) -> np.ndarray:
+class SharedFile:
+    """A read-only descriptor shared by a checkpoint's tensor loaders; it is closed when the
+    last loader holding it is gone (or on ``close()``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.close = weakref.finalize(self, os.close, self.fd)
+
+
+def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
     """``size`` bytes of ``file`` from ``offset`` into a new array (positional reads, so
     threads can share the file). Readers load tensors this way rather than mapping the whole
     file: memory then holds only the tensors being processed."""
@@ -19,7 +29,7 @@ def read_range(file: BinaryIO, offset: int, size: int) -> np.ndarray:
     view = buffer.data
     done = 0
     while done < size:
-        got = os.preadv(file.fileno(), [view[done:]], offset + done)
+        got = os.preadv(file.fd, [view[done:]], offset + done)
         if got == 0:
             raise EOFError(f"file ends {size - done} bytes early")
         done += got

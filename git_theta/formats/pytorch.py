@@ -44,7 +44,7 @@ from git_theta.errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
-from git_theta.formats.base import Checkpoint, TensorData, read_range
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
 from git_theta.formats.zipstream import ZipStream
 from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
 
@@ -339,7 +339,7 @@ def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _tensor_loader(file: BinaryIO, start: int, ref: _TensorRef) -> Any:
+def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
     itemsize = ref.dtype.itemsize
     word = word_dtype(itemsize)
     count = numel(ref.shape)
@@ -413,12 +413,8 @@ class PyTorchFormat:
             raise NotACheckpointError(display_name, f"invalid PyTorch checkpoint: {exc}") from exc
 
     def _read(self, path: Path, display_name: str) -> Checkpoint:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for the tensors' loads
-        try:
+        with open(path, "rb") as f:
             return self._read_open(f, path, display_name)
-        except BaseException:
-            f.close()
-            raise
 
     def _read_open(self, f: BinaryIO, path: Path, display_name: str) -> Checkpoint:
         archive = zipfile.ZipFile(f)
@@ -452,11 +448,14 @@ class PyTorchFormat:
         for start, length in offsets.values():
             if start + length > size:
                 raise ValueError("the file is truncated")
+        shared = SharedFile(path)
         tensors: dict[str, TensorData] = {}
         for name, ref in builder.tensors.items():
             start, length = offsets[ref.storage.key]
             _check_bounds(name, ref, length)
-            tensors[name] = TensorData(ref.dtype.name, ref.shape, _tensor_loader(f, start, ref))
+            tensors[name] = TensorData(
+                ref.dtype.name, ref.shape, _tensor_loader(shared, start, ref)
+            )
         for name, target in builder.aliases.items():
             _check_bounds(
                 name, builder.tensors[target], offsets[builder.tensors[target].storage.key][1]

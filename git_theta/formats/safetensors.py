@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
-from git_theta.formats.base import Checkpoint, TensorData, read_range
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import from_safetensors, nbytes, word_dtype
 
@@ -45,7 +45,7 @@ def _parse_header(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]
     return entries
 
 
-def _load(file: BinaryIO, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
+def _load(file: SharedFile, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
     word = word_dtype(get_dtype(dt).itemsize)
     return read_range(file, start, nbytes(dt, shape)).view(word)
 
@@ -63,8 +63,7 @@ class SafetensorsFormat:
 
     def read(self, path: Path, display_name: str) -> Checkpoint:
         size = path.stat().st_size
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open for the tensors' loads
-        try:
+        with open(path, "rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
                 raise NotACheckpointError(display_name, "the file is truncated")
@@ -94,15 +93,13 @@ class SafetensorsFormat:
                     else ("the file has bytes after its last tensor")
                 )
                 raise NotACheckpointError(display_name, reason)
-        except BaseException:
-            f.close()
-            raise
+        shared = SharedFile(path)
         tensors: dict[str, TensorData] = {}
         for name, dt, shape, begin, _ in entries:
             tensors[name] = TensorData(
                 dt,
                 shape,
-                lambda s=data_start + begin, d=dt, sh=shape: _load(f, s, d, sh),  # type: ignore[misc]
+                lambda s=data_start + begin, d=dt, sh=shape: _load(shared, s, d, sh),  # type: ignore[misc]
             )
         return Checkpoint({"name": self.name, "header": text}, tensors)
 
