@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,18 +100,20 @@ def fetch(remote: str, objects: dict[str, int], cwd: Path | str = ".") -> None:
     """Download ``objects`` (oid -> size) from ``remote`` in one batch."""
     if not objects:
         return
-    entries = []
-    for oid, size in sorted(objects.items()):
-        blob = (
-            git.run(
-                ["hash-object", "-w", "--stdin"],
-                cwd=cwd,
-                input=POINTER.format(oid=oid, size=size).encode(),
-            )
+    oids = sorted(objects)
+    with tempfile.TemporaryDirectory(prefix="theta-pointers-") as tmp:
+        paths = []
+        for oid in oids:
+            path = Path(tmp) / oid
+            path.write_text(POINTER.format(oid=oid, size=objects[oid]))
+            paths.append(str(path))
+        listing = "".join(p + "\n" for p in paths).encode()
+        blobs = (
+            git.run(["hash-object", "-w", "--no-filters", "--stdin-paths"], cwd=cwd, input=listing)
             .stdout.decode()
-            .strip()
+            .split()
         )
-        entries.append(f"100644 blob {blob}\t{oid}\n")
+    entries = [f"100644 blob {blob}\t{oid}\n" for blob, oid in zip(blobs, oids, strict=True)]
     tree = git.run(["mktree"], cwd=cwd, input="".join(entries).encode()).stdout.decode().strip()
     commit = (
         git.run(
