@@ -3,7 +3,8 @@
 | git config            | environment                   | meaning                              | default     |
 |-----------------------|-------------------------------|--------------------------------------|-------------|
 | theta.threads         | GIT_THETA_THREADS             | worker threads for hashing/encoding  | CPU count   |
-| theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | zstd level of stored objects (1-9)   | 1           |
+| theta.compression     | GIT_THETA_COMPRESSION         | blosc compressor: lz4 or zstd        | lz4         |
+| theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | its level (1-9)                      | lz4 5, zstd 1 |
 | theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
 """
 
@@ -13,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from git_theta.codec import COMPRESSORS, DEFAULT_LEVEL
 from git_theta.errors import UsageError
 from git_theta.gitio import git
 
@@ -44,6 +46,7 @@ def parse_int(key: str, value: str, low: int, high: int) -> int:
 @dataclass(frozen=True)
 class Config:
     threads: int
+    compression: str
     compression_level: int
     skip_smudge: bool
 
@@ -71,9 +74,16 @@ def load(cwd: Path | str = ".") -> Config:
 
     threads = pick("theta.threads", "GIT_THETA_THREADS")
     level = pick("theta.compressionLevel", "GIT_THETA_COMPRESSION_LEVEL")
+    cname = pick("theta.compression", "GIT_THETA_COMPRESSION")
+    compression = "lz4"
+    if cname is not None:
+        compression = cname[1].strip().lower()
+        if compression not in COMPRESSORS:
+            raise UsageError(f"{cname[0]}={cname[1]!r} is not a compressor (use lz4 or zstd)")
     skip = pick("theta.skipSmudge", "GIT_THETA_SKIP_SMUDGE")
     return Config(
         threads=parse_int(*threads, 1, 256) if threads else max(1, os.cpu_count() or 1),
-        compression_level=parse_int(*level, 1, 9) if level else 1,
+        compression=compression,
+        compression_level=parse_int(*level, 1, 9) if level else DEFAULT_LEVEL[compression],
         skip_smudge=parse_bool(*skip) if skip else False,
     )

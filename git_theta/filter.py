@@ -55,7 +55,7 @@ def _store_tensor(
     known = reuse.get(digest)
     if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
         return known
-    ref = store.put(codec.encode(words, clevel=config.compression_level))
+    ref = store.put(codec.encode(words, clevel=config.compression_level, cname=config.compression))
     return TensorRecord(tensor.dtype, tensor.shape, digest, "dense", (ref,))
 
 

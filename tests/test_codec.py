@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +279,37 @@ def test_unknown_dtype_is_unsupported() -> None:
     with pytest.raises(UnsupportedError) as info:
         tensors.identity_hash("float31", (1,), b"\0")
     assert str(info.value) == "dtype `float31` is not supported by git-theta"
+
+
+@pytest.mark.parametrize("cname", ["lz4", "zstd"])
+def test_both_compressors_round_trip_and_name_themselves(cname: str) -> None:
+    words = np.random.default_rng(7).integers(0, 2**16, 100_000, dtype=np.uint16)
+    blob = b"".join(codec.encode(words, cname=cname))
+    assert f'"cname":"{cname}"'.encode() in codec._unpack(blob)[b"zarr.json"].replace(b" ", b"")
+    assert np.array_equal(codec.decode(blob, words.dtype, words.size), words)
+
+
+def test_unknown_compressor_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown compressor 'gzip'"):
+        list(codec.encode(np.zeros(4, np.uint8), cname="gzip"))
+
+
+def test_compression_setting_from_git_config_and_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import config
+    from git_theta.errors import UsageError
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert (config.load(tmp_path).compression, config.load(tmp_path).compression_level) == (
+        "lz4",
+        5,
+    )
+    subprocess.run(["git", "-C", str(tmp_path), "config", "theta.compression", "zstd"], check=True)
+    assert (config.load(tmp_path).compression, config.load(tmp_path).compression_level) == (
+        "zstd",
+        1,
+    )
+    monkeypatch.setenv("GIT_THETA_COMPRESSION", "snappy")
+    with pytest.raises(UsageError, match="GIT_THETA_COMPRESSION='snappy' is not a compressor"):
+        config.load(tmp_path)

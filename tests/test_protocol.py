@@ -246,7 +246,10 @@ def test_failure_after_output_started_aborts_with_a_late_error_status(tmp_path: 
     data = HANDSHAKE_IN + request("smudge", "model.pt", b"{manifest}")
     reply = serve(recorder, data, tmp_path)
     assert reply == (
-        HANDSHAKE_OUT + b"0013status=success\n0000" + b"000bpartial" + b"0000"
+        HANDSHAKE_OUT
+        + b"0013status=success\n0000"
+        + b"000bpartial"
+        + b"0000"
         + b"0011status=error\n0000"
     )
     assert recorder.errors == [("smudge", "model.pt", boom)]
