@@ -1,34 +1,30 @@
-"""Encode one tensor (or update) as one blob: a tensorstore zarr v3 array, packed.
+"""Encode one tensor (or update) as one blob: a tensorstore zarr v3 array in a zip archive.
 
 The array is 1-D over the tensor's elements carried as unsigned words of the element
 width (see ``tensors.word_dtype``), compressed with blosc (byte shuffle + lz4, or zstd when
-configured), which is lossless for every dtype. The blob names its codec (in ``zarr.json``),
-so objects written with either compressor decode the same way. Tensorstore writes the array's keys (``zarr.json`` and one key
-per chunk) to an in-memory key-value store; the blob is those keys packed in sorted order:
-
-    b"git-theta zarr v1\\n"  u32 count  { u16 key length, key, u64 value length, value }*
-
-All integers are little-endian. The same input gives the same blob.
+configured), which is lossless for every dtype. Tensorstore writes the array's keys
+(``zarr.json`` and one key per chunk) to an in-memory key-value store; the blob is those keys
+as the members of an uncompressed zip archive, in sorted order (zarr's zip-store layout).
+Decoding opens the stored object in place with tensorstore's ``zip`` key-value store, so no
+copy of it passes through Python. The blob names its codec (in ``zarr.json``), so objects
+written with either compressor decode the same way. The same input gives the same blob.
 """
 
 from __future__ import annotations
 
 import io
-import struct
+import zipfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from git_theta.errors import CorruptObjectError
+from git_theta.zipstream import ZipStream
 
-MAGIC = b"git-theta zarr v1\n"
+MAGIC = b"PK\x03\x04"
 CHUNK_BYTES = 16 << 20
-_COUNT = struct.Struct("<I")
-_KEY = struct.Struct("<H")
-_VALUE = struct.Struct("<Q")
-
-
 COMPRESSORS = ("lz4", "zstd")
 DEFAULT_LEVEL = {"lz4": 5, "zstd": 1}
 
@@ -67,11 +63,11 @@ def encode(words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> 
 
     ``cname`` is blosc's compressor: ``lz4`` (the default: about 2.5x faster to encode and
     decode than zstd on float weights) or ``zstd`` (smaller, notably for 16-bit floats)."""
+    import tensorstore as ts
+
     if cname not in COMPRESSORS:
         raise ValueError(f"unknown compressor {cname!r} (use {' or '.join(COMPRESSORS)})")
     clevel = DEFAULT_LEVEL[cname] if clevel is None else clevel
-    import tensorstore as ts
-
     if words.ndim != 1 or words.dtype.kind != "u" or not words.flags.c_contiguous:
         raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
     context = ts.Context()
@@ -79,53 +75,62 @@ def encode(words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> 
     if words.size:
         array.write(words).result()
     store = ts.KvStore.open({"driver": "memory"}, context=context).result()
-    keys = sorted(store.list().result())
-    yield MAGIC + _COUNT.pack(len(keys))
-    for key in keys:
-        value = store.read(key).result().value
-        yield _KEY.pack(len(key)) + key + _VALUE.pack(len(value))
-        yield value
+    pieces = _Pieces()
+    archive = ZipStream(pieces, align=1)
+    for key in sorted(store.list().result()):
+        archive.add(key.decode(), store.read(key).result().value)
+        yield from pieces.take()
+    archive.close()
+    yield from pieces.take()
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise CorruptObjectError("object is truncated")
-    return data
+class _Pieces:
+    """A write-only stream that hands what was written on to a generator."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._parts.append(bytes(data) if isinstance(data, memoryview) else data)
+        return len(data)
+
+    def take(self) -> list[bytes]:
+        parts, self._parts = self._parts, []
+        return parts
 
 
-def _unpack(blob: bytes | memoryview | BinaryIO) -> dict[bytes, bytes]:
-    """The keys and values of a blob (its bytes, or a binary file positioned at its start),
-    read front to back: each value is read once, straight into its own bytes object."""
-    stream = io.BytesIO(blob) if isinstance(blob, (bytes, memoryview)) else blob
-    if stream.read(len(MAGIC)) != MAGIC:
-        raise CorruptObjectError("object is not a git-theta zarr blob (bad magic)")
-    (count,) = _COUNT.unpack(_read_exact(stream, _COUNT.size))
-    entries: dict[bytes, bytes] = {}
-    for _ in range(count):
-        (klen,) = _KEY.unpack(_read_exact(stream, _KEY.size))
-        key = _read_exact(stream, klen)
-        (vlen,) = _VALUE.unpack(_read_exact(stream, _VALUE.size))
-        entries[key] = _read_exact(stream, vlen)
-    if stream.read(1):
-        raise CorruptObjectError("object has trailing bytes")
-    return entries
+def _unpack(blob: bytes | memoryview) -> dict[bytes, bytes]:
+    """The keys and values of a blob (for inspection and tests)."""
+    if bytes(blob[:4]) != MAGIC:
+        raise CorruptObjectError("object is not a git-theta zarr zip (bad magic)")
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            return {i.filename.encode(): archive.read(i) for i in archive.infolist()}
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise CorruptObjectError(f"object is not a valid zip archive: {exc}") from exc
 
 
-def decode(blob: bytes | memoryview | BinaryIO, word: np.dtype, words: int) -> np.ndarray:
-    """Decode a blob made by ``encode`` (its bytes, or a binary file positioned at its start);
-    checks it holds ``words`` words of type ``word``."""
+def decode(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> np.ndarray:
+    """Decode a blob made by ``encode`` (its bytes, or the path of a stored object, read in
+    place); checks it holds ``words`` words of type ``word``."""
     import tensorstore as ts
 
-    entries = _unpack(blob)
     context = ts.Context()
-    store = ts.KvStore.open({"driver": "memory"}, context=context).result()
-    for key, value in entries.items():
-        store.write(key, value).result()
+    base: dict[str, Any]
+    if isinstance(blob, Path):
+        with open(blob, "rb") as f:
+            head = f.read(len(MAGIC))
+        base = {"driver": "file", "path": str(blob)}
+    else:
+        head = bytes(blob[: len(MAGIC)])
+        memory = ts.KvStore.open({"driver": "memory"}, context=context).result()
+        memory.write("object.zip", bytes(blob)).result()
+        base = {"driver": "memory", "path": "object.zip"}
+    if head != MAGIC:
+        raise CorruptObjectError("object is not a git-theta zarr zip (bad magic)")
+    spec = {"driver": "zarr3", "kvstore": {"driver": "zip", "base": base}, "open": True}
     try:
-        array = ts.open(
-            {"driver": "zarr3", "kvstore": {"driver": "memory"}, "open": True}, context=context
-        ).result()
+        array = ts.open(spec, context=context).result()
     except Exception as exc:  # tensorstore raises ValueError subclasses of its own
         raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
     if array.dtype.numpy_dtype != word or list(array.shape) != [words]:

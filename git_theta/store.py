@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from git_theta.errors import CorruptObjectError
 
@@ -78,11 +77,6 @@ class ObjectStore:
                 os.unlink(tmp_name)
             raise
         return ObjectRef(oid, size)
-
-    def open(self, oid: str) -> BinaryIO:
-        """Object ``oid`` as an unbuffered binary file, not checked: for callers that verify
-        what they decode from it end to end (the tensor's identity hash)."""
-        return open(self.path(oid), "rb", buffering=0)
 
     def read(self, oid: str) -> bytes:
         """The bytes of object ``oid``, checked against its sha256.

@@ -6,7 +6,8 @@ changed, every tensor changed, checkout of the first version, checkout of HEAD, 
 from a local LFS server (giftless). Per step it prints the median wall time over the runs,
 the ratio git-theta / Git LFS, the peak RSS of the largest process (git or its filter; from
 wait4, as /usr/bin/time reports it), and the size of .git after each commit. Every checkout
-is verified bit-exact. Ratios are printed, never asserted.
+is verified bit-exact. Every timed step starts after `sync`, so writeback of what earlier
+steps wrote does not land on the next one. Ratios are printed, never asserted.
 
     python scripts/bench.py            # 50 MB and 498 MB workloads, .pt and safetensors, 3 runs
     python scripts/bench.py --quick    # a few MB, 1 run: keeps the script working (CI)
@@ -201,6 +202,9 @@ def bench_tool(
     target = repo / w.filename
 
     def step(name: str, args: list[str], cwd: Path = repo) -> None:
+        # start every timed step with no dirty pages from earlier steps (of either tool)
+        # still being written back
+        os.sync()
         seconds, rss = run(args, cwd, env)
         m = results.setdefault(name, Measure())
         m.seconds.append(seconds)

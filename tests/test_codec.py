@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import struct
+import io
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from git_theta import codec, tensors
 from git_theta.errors import CorruptObjectError, UnsupportedError
+from git_theta.zipstream import ZipStream
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None)
 
@@ -71,7 +73,11 @@ def test_blob_layout_is_magic_count_and_sorted_keys(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(codec, "CHUNK_BYTES", 8)
     words = np.arange(1, 5, dtype="<u4")  # two chunks of two words
     blob = blob_of(words)
-    assert blob.startswith(b"git-theta zarr v1\n" + struct.pack("<I", 3))
+    assert blob.startswith(b"PK\x03\x04")
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        assert archive.testzip() is None
+        assert [i.filename for i in archive.infolist()] == ["c/0", "c/1", "zarr.json"]
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_STORED}
     assert list(codec._unpack(blob)) == [b"c/0", b"c/1", b"zarr.json"]
 
 
@@ -150,10 +156,10 @@ def sample() -> tuple[np.ndarray, bytes]:
 
 def test_decode_rejects_bad_magic(sample: tuple[np.ndarray, bytes]) -> None:
     words, blob = sample
-    for bad in (b"", b"git-theta", b"git-theta zarr v2\n" + blob[18:], b"X" + blob[1:]):
+    for bad in (b"", b"PK", b"git-theta zarr v1\n" + blob, b"X" + blob[1:]):
         with pytest.raises(CorruptObjectError) as info:
             codec.decode(bad, words.dtype, words.size)
-        assert str(info.value) == "object is not a git-theta zarr blob (bad magic)"
+        assert str(info.value) == "object is not a git-theta zarr zip (bad magic)"
 
 
 def test_decode_rejects_every_truncation(sample: tuple[np.ndarray, bytes]) -> None:
@@ -161,15 +167,22 @@ def test_decode_rejects_every_truncation(sample: tuple[np.ndarray, bytes]) -> No
     for cut in range(len(codec.MAGIC), len(blob)):
         with pytest.raises(CorruptObjectError) as info:
             codec.decode(blob[:cut], words.dtype, words.size)
-        assert str(info.value) == "object is truncated", cut
+        assert str(info.value).startswith("object cannot be decoded: "), cut
 
 
-@pytest.mark.parametrize("extra", [b"\0", b"trailing", b"git-theta zarr v1\n"])
-def test_decode_rejects_trailing_bytes(sample: tuple[np.ndarray, bytes], extra: bytes) -> None:
+@pytest.mark.parametrize("extra", [b"\0", b"trailing", b"PK\x05\x06" + b"\0" * 18])
+def test_trailing_bytes_never_decode_to_other_words(
+    sample: tuple[np.ndarray, bytes], extra: bytes
+) -> None:
+    # a zip reader may tolerate bytes after the archive; what it must never do is return
+    # other data (the identity hash then catches any corruption of the content itself)
     words, blob = sample
-    with pytest.raises(CorruptObjectError) as info:
-        codec.decode(blob + extra, words.dtype, words.size)
-    assert str(info.value) == "object has trailing bytes"
+    try:
+        decoded = codec.decode(blob + extra, words.dtype, words.size)
+    except CorruptObjectError as exc:
+        assert str(exc).startswith("object cannot be decoded: ")
+    else:
+        assert decoded.tobytes() == words.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -191,11 +204,12 @@ def test_decode_rejects_wrong_word_type_or_count(
 
 
 def _pack(entries: dict[bytes, bytes]) -> bytes:
-    out = codec.MAGIC + struct.pack("<I", len(entries))
+    out = io.BytesIO()
+    archive = ZipStream(out, align=1)
     for key in sorted(entries):
-        out += struct.pack("<H", len(key)) + key + struct.pack("<Q", len(entries[key]))
-        out += entries[key]
-    return out
+        archive.add(key.decode(), entries[key])
+    archive.close()
+    return out.getvalue()
 
 
 def test_decode_rejects_undecodable_contents(sample: tuple[np.ndarray, bytes]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from git_theta.formats import detect, zipstream
+from git_theta import zipstream
+from git_theta.formats import detect
 from tests.helpers import assert_same_object
 
 

@@ -45,8 +45,8 @@ from git_theta.errors import (
     UnsupportedError,
 )
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.formats.zipstream import ZipStream
 from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
+from git_theta.zipstream import ZipStream
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
 _TORCH_DTYPE_NAMES = frozenset(DTYPES) | {"qint8", "quint8", "qint32", "complex32"}

@@ -15,6 +15,7 @@ defines as an abort: git discards the content and the command fails.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -43,8 +44,21 @@ class _Answer:
         if not view.nbytes:
             return 0
         self.start()
+        fd = _fileno(self.out)
+        if fd is None or view.nbytes < _BUFFER:
+            for pos in range(0, view.nbytes, pktline.MAX_PAYLOAD):
+                pktline.write_packet(self.out, view[pos : pos + pktline.MAX_PAYLOAD])
+            return view.nbytes
+        # large content: packets go straight from the data to the pipe, no copy on the way
+        self.out.flush()
+        parts: list[bytes | memoryview] = []
         for pos in range(0, view.nbytes, pktline.MAX_PAYLOAD):
-            pktline.write_packet(self.out, view[pos : pos + pktline.MAX_PAYLOAD])
+            payload = view[pos : pos + pktline.MAX_PAYLOAD]
+            parts += [b"%04x" % (payload.nbytes + 4), payload]
+            if len(parts) >= _IOV_BATCH:
+                _writev_all(fd, parts)
+                parts = []
+        _writev_all(fd, parts)
         return view.nbytes
 
     def start(self) -> None:
@@ -55,6 +69,28 @@ class _Answer:
 
     def flush(self) -> None:
         pass
+
+
+_IOV_BATCH = 512
+
+
+def _fileno(stream: BinaryIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # BytesIO and other in-memory streams
+        return None
+
+
+def _writev_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write every part, in order, however the kernel splits the writes."""
+    views = [memoryview(p).cast("B") for p in parts]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def _grow_pipes() -> None:

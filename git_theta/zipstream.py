@@ -3,7 +3,8 @@
 Only what ``torch.save`` archives need: stored (uncompressed) members whose data is known
 before the member is written, so CRC and sizes go into the local header and no data
 descriptor or seek is needed. Each member's data starts on an ``align``-byte boundary
-(padding in the local header's extra field, as torch does, so readers can map the data).
+(padding in the local header's extra field, as torch does, so readers can map the data);
+with ``align=1`` no padding field is written.
 ZIP64 records are written where sizes or offsets need them.
 """
 
@@ -12,13 +13,19 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on need ZIP64 records
 _SENTINEL = 0xFFFFFFFF  # what a header holds where the ZIP64 record has the value
 _DOS_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01
 _DOS_TIME = 0
 _PAD_ID = 0x4246
+
+
+class Writable(Protocol):
+    """Where a zip is written: anything with ``write`` (a file, a pipe, a collector)."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
 
 
 @dataclass
@@ -32,7 +39,7 @@ class _Entry:
 class ZipStream:
     """Writes members one after another, then the central directory on ``close()``."""
 
-    def __init__(self, out: BinaryIO, align: int = 64) -> None:
+    def __init__(self, out: Writable, align: int = 64) -> None:
         self.out = out
         self.align = align
         self.offset = 0
@@ -50,9 +57,10 @@ class ZipStream:
         encoded = name.encode("utf-8")
         big = size >= ZIP64_LIMIT
         extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
-        header_len = 30 + len(encoded) + len(extra) + 4
-        pad = (-(self.offset + header_len)) % self.align
-        extra += struct.pack("<HH", _PAD_ID, pad) + b"\0" * pad
+        if self.align > 1:  # a padding field (id "FB", as torch writes) aligns the data
+            header_len = 30 + len(encoded) + len(extra) + 4
+            pad = (-(self.offset + header_len)) % self.align
+            extra += struct.pack("<HH", _PAD_ID, pad) + b"\0" * pad
         shown = _SENTINEL if big else size
         self.entries.append(_Entry(encoded, crc, size, self.offset))
         self._write(
