@@ -98,6 +98,10 @@ class RemoteError(ThetaError, ConnectionError):
         super().__init__(f"{what}: {reason}: {fix}")
 
 
+class HookError(ThetaError, RuntimeError):
+    """Raised when git-theta's pre-push hook cannot be installed without losing another."""
+
+
 class GitError(ThetaError, RuntimeError):
     """Raised when a git or git-lfs command fails; ``stderr`` holds what it said."""
 

@@ -10,7 +10,6 @@ identity hash -> format writer -> checkpoint bytes.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import threading
@@ -67,7 +66,9 @@ def clean(
     ``previous`` is the blob the path had in the index (the manifest being replaced), used to
     reuse unchanged tensors. A file that already is a manifest is returned in canonical form.
     """
-    if src.stat().st_size <= _PASSTHROUGH_LIMIT:
+    with open(src, "rb") as f:
+        first = f.read(1)
+    if first == b"{" and src.stat().st_size <= _PASSTHROUGH_LIMIT:
         head = src.read_bytes()
         existing = parse_if_manifest(head)
         if existing is not None:
@@ -153,17 +154,19 @@ class _AheadLoader:
         self.order: list[str] = []
         self._next = 0
         self._pending: dict[str, Future[np.ndarray]] = {}
+        self._done: set[str] = set()
 
     def _submit_ahead(self) -> None:
         while self._next < len(self.order) and len(self._pending) < self.window:
             name = self.order[self._next]
             self._next += 1
-            if name not in self._pending:
+            if name not in self._pending and name not in self._done:
                 record = self.manifest.tensors[name]
                 self._pending[name] = self.pool.submit(_load_tensor, name, record, self.store)
 
     def load(self, name: str) -> np.ndarray:
         self._submit_ahead()
+        self._done.add(name)
         future = self._pending.pop(name, None)
         if future is None:  # asked out of the declared order: load it now
             return _load_tensor(name, self.manifest.tensors[name], self.store)
@@ -176,14 +179,17 @@ class _AheadLoader:
             future.cancel()
 
 
-def _ensure_hook(cwd: Path) -> None:
+def _ensure_hook(cwd: Path) -> str:
     """Every repository the filter works in gets the pre-push hook (a clone made under a
-    global install must not be able to push commits whose objects stay behind)."""
+    global install must not be able to push commits whose objects stay behind). Returns a
+    warning for people when it cannot be installed (a checkout must not fail for it)."""
     from git_theta.gitio import hooks
 
-    # a read-only or unusual hooks directory must not break checkout
-    with contextlib.suppress(OSError, ThetaError):
+    try:
         hooks.install_hook(cwd)
+    except (OSError, ThetaError) as exc:
+        return f"pre-push hook not installed: {exc}"
+    return ""
 
 
 class RepoFilter:
@@ -199,7 +205,7 @@ class RepoFilter:
         self.config = config_module.load(cwd)
         self.store = ObjectStore(git.lfs_dir(cwd))
         self._git = git
-        _ensure_hook(self.cwd)
+        self.warning = _ensure_hook(self.cwd)
 
     def clean_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
         previous = self._git.index_blob(pathname, cwd=self.cwd) if pathname else None

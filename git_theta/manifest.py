@@ -85,6 +85,8 @@ class TensorRecord:
                 f"tensor `{name}` uses encoding `{record.encoding}`, which this git-theta "
                 "does not know: upgrade git-theta"
             )
+        if record.encoding == "dense" and len(record.objects) != 1:
+            raise ManifestError(f"tensor `{name}` is dense but lists {len(record.objects)} objects")
         if not valid_oid(record.hash) or not all(
             valid_oid(o.oid) and _natural(o.size) for o in record.objects
         ):

@@ -18,7 +18,12 @@ from git_theta.gitio import attributes, git, lfs
 from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.store import ObjectStore
 
-ZERO = "0" * 40
+
+def _is_zero(sha: str) -> bool:
+    """git's null object id (40 zeros, or 64 in a SHA-256 repository)."""
+    return set(sha) == {"0"}
+
+
 _MANIFEST_LIMIT = 64 << 20
 
 
@@ -81,11 +86,11 @@ def pushed_manifests(remote: str, updates: str, cwd: Path | str = ".") -> list[L
     tips, exclude = [], []
     for line in updates.splitlines():
         fields = line.split()
-        if len(fields) != 4 or fields[1] == ZERO:
+        if len(fields) != 4 or _is_zero(fields[1]):
             continue
         tips.append(fields[1])
         if (
-            fields[3] != ZERO
+            not _is_zero(fields[3])
             and git.run(
                 ["cat-file", "-e", fields[3] + "^{commit}"], cwd=cwd, check=False
             ).returncode
@@ -119,7 +124,7 @@ def pushed_manifests(remote: str, updates: str, cwd: Path | str = ".") -> list[L
         elif line.startswith(":"):
             meta, _, path = line.partition("\t")
             new_sha = meta.split()[3]
-            if new_sha != ZERO:
+            if not _is_zero(new_sha):
                 found.setdefault(new_sha, f"{path} in {commit[:10]}")
     return _manifests(found, cwd)
 
@@ -228,9 +233,9 @@ def checkout(paths: list[str], cwd: Path | str = ".") -> list[str]:
         # the other files that checkout never wrote
         git.run(["read-tree", "HEAD"], cwd=top)
         restore_rest = True
-    index = git.run(["ls-files", "-z", "--cached", "--", *paths], cwd=top).stdout.decode(
-        "utf-8", "surrogateescape"
-    )
+    index = git.run(
+        ["ls-files", "-z", "--cached", "--full-name", "--", *paths], cwd=cwd
+    ).stdout.decode("utf-8", "surrogateescape")
     candidates = attributes.theta_paths(sorted({p for p in index.split("\0") if p}), top)
     repo = theta_filter.RepoFilter(top)
     todo: dict[str, Manifest] = {}

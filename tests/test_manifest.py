@@ -365,3 +365,14 @@ def test_parse_if_manifest_parses_manifests_and_reports_bad_ones() -> None:
     assert parse_if_manifest(EXPECTED) == example()
     with pytest.raises(ManifestError, match="upgrade git-theta"):
         parse_if_manifest(b'{"git_theta": 2}')
+
+
+def test_dense_record_names_exactly_one_object() -> None:
+    entry = {
+        "dtype": "float32",
+        "shape": [1],
+        "hash": "a" * 64,
+        "storage": {"encoding": "dense", "objects": [{"oid": "b" * 64, "size": 1}] * 2},
+    }
+    with pytest.raises(ManifestError, match="^tensor `t` is dense but lists 2 objects$"):
+        TensorRecord.from_json("t", entry)

@@ -15,7 +15,6 @@ import click
 
 from git_theta.cli import report
 from git_theta.errors import ThetaError
-from git_theta.filter import RepoFilter
 from git_theta.gitio import filter_process as protocol
 
 
@@ -33,6 +32,8 @@ def _on_error(command: str, pathname: str, exc: BaseException) -> None:
 
 
 def _one_shot(command: str, path: str) -> None:
+    from git_theta.filter import RepoFilter
+
     repo = RepoFilter()
     with (
         tempfile.NamedTemporaryFile(prefix="theta-in-") as src,
@@ -67,5 +68,9 @@ def smudge(path: str) -> None:
 @click.command("filter-process", hidden=True)
 def filter_process() -> None:
     """Serve git's long-running filter protocol on stdin/stdout."""
+    from git_theta.filter import RepoFilter
+
     repo = RepoFilter()
+    if repo.warning:
+        report(f"warning: {repo.warning}")
     protocol.serve(repo.handle, _on_error, tmp_dir=repo.store.tmp_dir)

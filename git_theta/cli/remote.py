@@ -6,10 +6,8 @@ import sys
 
 import click
 
-from git_theta import remote as remote_lib
 from git_theta.cli import report
 from git_theta.gitio import git, hooks
-from git_theta.store import ObjectStore
 
 
 @click.command()
@@ -21,6 +19,9 @@ def fetch(remote: str | None, revs: tuple[str, ...]) -> None:
     REMOTE defaults to the one git-lfs would use (lfs.remote.default, the branch's
     upstream, origin). Objects already local are not downloaded again.
     """
+    from git_theta import remote as remote_lib
+    from git_theta.store import ObjectStore
+
     store = ObjectStore(git.lfs_dir())
     located = remote_lib.revision_manifests(list(revs) or ["HEAD"])
     count = remote_lib.fetch_missing(located, store, remote)
@@ -37,6 +38,8 @@ def checkout(paths: tuple[str, ...]) -> None:
     after a clone made with GIT_THETA_SKIP_SMUDGE=1 or without git-theta installed.
     A file holding a checkpoint is never overwritten.
     """
+    from git_theta import remote as remote_lib
+
     rebuilt = remote_lib.checkout(list(paths))
     report(f"rebuilt {', '.join(rebuilt)}" if rebuilt else "nothing to rebuild")
 
@@ -52,6 +55,8 @@ def hook() -> None:
 def pre_push(remote: str, url: str) -> None:
     """Upload the objects the pushed commits need, then run the chained hook."""
     updates = sys.stdin.buffer.read()
+    from git_theta import remote as remote_lib
+
     count = remote_lib.push_objects(remote, updates.decode("utf-8", "surrogateescape"))
     if count:
         report(f"uploaded the objects of {count} tensors to `{remote}`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from git_theta.cli.options import scope_option
+from git_theta.errors import HookError
 from git_theta.gitio import hooks
 from git_theta.gitio import setup as setup_lib
 
@@ -20,8 +21,12 @@ def install(scope: str) -> None:
     """
     keys = setup_lib.install(scope)
     click.echo(f"git-theta installed ({scope} config: {', '.join(keys)})", err=True)
-    if setup_lib.in_repository() and hooks.install_hook():
-        click.echo(f"git-theta: pre-push hook installed in {hooks.hooks_dir()}", err=True)
+    if setup_lib.in_repository():
+        try:
+            if hooks.install_hook():
+                click.echo(f"git-theta: pre-push hook installed in {hooks.hooks_dir()}", err=True)
+        except (HookError, OSError) as exc:
+            click.echo(f"git-theta: warning: pre-push hook not installed: {exc}", err=True)
 
 
 @click.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from git_theta.cli import report
+from git_theta.errors import HookError
 from git_theta.gitio import attributes, hooks
 from git_theta.gitio.setup import is_installed
 
@@ -28,7 +29,10 @@ def track(patterns: tuple[str, ...]) -> None:
         report("run `git add .gitattributes " + " ".join(matched) + "` to stage them")
     if not is_installed():
         report("warning: git-theta's filter is not configured here: run `git theta install`")
-    hooks.install_hook()
+    try:
+        hooks.install_hook()
+    except (HookError, OSError) as exc:
+        report(f"warning: pre-push hook not installed: {exc}")
 
 
 @click.command()

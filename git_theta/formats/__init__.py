@@ -24,13 +24,18 @@ SNIFF_BYTES = 64 * 1024
 
 
 @cache
+def _plugins() -> dict[str, str]:
+    """Formats from the ``git_theta.formats`` entry points; a plugin cannot replace a
+    built-in format (no silent override)."""
+    return {
+        ep.name: ep.value
+        for ep in entry_points(group="git_theta.formats")
+        if ep.name not in _BUILTIN
+    }
+
+
 def _targets() -> dict[str, str]:
-    targets = dict(_BUILTIN)
-    for ep in entry_points(group="git_theta.formats"):
-        if ep.name in targets and targets[ep.name] != ep.value:
-            continue  # no silent override of a registered format
-        targets[ep.name] = ep.value
-    return targets
+    return {**_BUILTIN, **_plugins()}
 
 
 def names() -> list[str]:
@@ -42,7 +47,7 @@ def names() -> list[str]:
 def get(name: str) -> Format:
     """The format called ``name``."""
     try:
-        target = _targets()[name]
+        target = _BUILTIN[name] if name in _BUILTIN else _plugins()[name]
     except KeyError:
         raise UnsupportedError(
             f"checkpoint format `{name}` is not known to this git-theta: install the plugin "
@@ -60,10 +65,11 @@ def detect(path: Path, display_name: str) -> Format:
         raise NotACheckpointError(display_name, "the file is empty")
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    for name in _targets():
-        fmt = get(name)
-        if fmt.sniff(head, size):
-            return fmt
+    for group in (lambda: _BUILTIN, _plugins):  # plugins are scanned only if no built-in matches
+        for name in group():
+            fmt = get(name)
+            if fmt.sniff(head, size):
+                return fmt
     raise NotACheckpointError(
         display_name, f"its content is not in any known format ({', '.join(names())})"
     )

@@ -23,6 +23,7 @@ def run(
             ["git", *args],
             cwd=cwd,
             input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             env={**os.environ, **env} if env else None,
         )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from git_theta.errors import HookError
 from git_theta.gitio import git
 
 MARKER = "# git-theta pre-push hook"
@@ -42,23 +43,30 @@ def _is_ours(path: Path) -> bool:
         return False
 
 
-def has_hook(cwd: Path | str = ".") -> bool:
-    """Whether the repository's pre-push hook is git-theta's."""
-    return _is_ours(hooks_dir(cwd) / "pre-push")
-
-
 def install_hook(cwd: Path | str = ".") -> bool:
     """Install the pre-push hook unless it is there; returns whether anything changed."""
     directory = hooks_dir(cwd)
     hook = directory / "pre-push"
     if _is_ours(hook):
         return False
+    manual = f'make {hook} run `git-theta hook pre-push "$@"`, or pushes will not upload tensors'
+    if not directory.resolve().is_relative_to(git.common_dir(cwd).resolve()):
+        raise HookError(
+            f"hooks come from core.hooksPath ({directory}), which git-theta "
+            f"does not change: {manual}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     chained = directory / ("pre-push" + CHAINED_SUFFIX)
     if hook.exists() or hook.is_symlink():
-        if chained.exists():
-            raise FileExistsError(f"{chained} exists already: move it away and run again")
-        os.replace(hook, chained)
+        if chained.exists() or chained.is_symlink():
+            if not hook.is_file() or chained.read_bytes() != hook.read_bytes():
+                raise HookError(
+                    f"{hook} replaced git-theta's hook and {chained} holds the "
+                    f"one before it: merge them by hand and {manual}"
+                )
+            hook.unlink()  # the same hook put back (e.g. by `git lfs update --force`)
+        else:
+            os.replace(hook, chained)
     tmp = directory / ".pre-push.theta-tmp"
     tmp.write_text(HOOK)
     tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

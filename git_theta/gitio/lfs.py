@@ -51,7 +51,17 @@ def has_endpoint(remote: str, cwd: Path | str = ".") -> bool:
         return True
     if "://" in remote or remote.startswith(("/", ".")):  # a URL or path used as a remote
         return True
-    return git.run(["config", "--get", "lfs.url"], cwd=cwd, check=False).returncode == 0
+    if git.run(["config", "--get", "lfs.url"], cwd=cwd, check=False).returncode == 0:
+        return True
+    top = git.run(["rev-parse", "--show-toplevel"], cwd=cwd, check=False).stdout.decode().strip()
+    lfsconfig = Path(top) / ".lfsconfig" if top else None
+    return (
+        bool(lfsconfig and lfsconfig.is_file())
+        and git.run(
+            ["config", "-f", str(lfsconfig), "--get", "lfs.url"], cwd=cwd, check=False
+        ).returncode
+        == 0
+    )
 
 
 def remote_url(remote: str, cwd: Path | str = ".") -> str:
@@ -73,6 +83,7 @@ def _lfs(
         ["git", "lfs", *args],
         cwd=cwd,
         input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE if not show else sys.stderr,
         stderr=None if show else subprocess.PIPE,
     )

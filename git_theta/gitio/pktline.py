@@ -41,7 +41,7 @@ def read_text_list(stream: BinaryIO) -> list[str]:
     """Text packets (``key=value`` lines) up to the next flush, without their newlines."""
     lines = []
     while (packet := read_packet(stream)) is not None:
-        lines.append(packet.decode("utf-8").rstrip("\n"))
+        lines.append(packet.decode("utf-8", "surrogateescape").rstrip("\n"))
     return lines
 
 
