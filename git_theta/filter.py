@@ -11,8 +11,6 @@ identity hash -> format writer -> checkpoint bytes.
 from __future__ import annotations
 
 import functools
-import importlib
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -199,8 +197,6 @@ class RepoFilter:
         from git_theta import config as config_module
         from git_theta.gitio import git
 
-        # tensorstore takes a while to import: do it while git sends the first file
-        threading.Thread(target=importlib.import_module, args=("tensorstore",), daemon=True).start()
         self.cwd = Path(cwd)
         self.config = config_module.load(cwd)
         self.store = ObjectStore(git.lfs_dir(cwd))

@@ -5,17 +5,21 @@ stdout carries only what git reads; messages go to stderr.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import click
 
 from git_theta.cli import report
 from git_theta.errors import ThetaError
 from git_theta.gitio import filter_process as protocol
+from git_theta.gitio import git
 
 
 def _describe(pathname: str, exc: BaseException) -> str:
@@ -68,9 +72,23 @@ def smudge(path: str) -> None:
 @click.command("filter-process", hidden=True)
 def filter_process() -> None:
     """Serve git's long-running filter protocol on stdin/stdout."""
-    from git_theta.filter import RepoFilter
+    # numpy and tensorstore load on another thread while git's handshake and the first
+    # file's content arrive; the filter itself is built at the first request
+    threading.Thread(target=_warm_up, daemon=True).start()
+    filters: list[Any] = []
 
-    repo = RepoFilter()
-    if repo.warning:
-        report(f"warning: {repo.warning}")
-    protocol.serve(repo.handle, _on_error, tmp_dir=repo.store.tmp_dir)
+    def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+        if not filters:
+            from git_theta.filter import RepoFilter
+
+            filters.append(RepoFilter())
+            if filters[0].warning:
+                report(f"warning: {filters[0].warning}")
+        filters[0].handle(command, pathname, src, out)
+
+    protocol.serve(handle, _on_error, tmp_dir=git.lfs_dir() / "tmp")
+
+
+def _warm_up() -> None:
+    for module in ("git_theta.filter", "tensorstore"):
+        importlib.import_module(module)
