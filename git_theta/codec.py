@@ -58,7 +58,9 @@ def _spec(words: int, word: np.dtype, clevel: int, cname: str = "lz4") -> dict:
     }
 
 
-def encode(words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> Iterator[bytes]:
+def encode(
+    words: np.ndarray, clevel: int | None = None, cname: str = "lz4"
+) -> Iterator[bytes | memoryview]:
     """Encode a contiguous 1-D array of unsigned words; yields the blob in pieces.
 
     ``cname`` is blosc's compressor: ``lz4`` (the default: about 2.5x faster to encode and
@@ -88,13 +90,14 @@ class _Pieces:
     """A write-only stream that hands what was written on to a generator."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | memoryview] = []
 
     def write(self, data: bytes | memoryview) -> int:
-        self._parts.append(bytes(data) if isinstance(data, memoryview) else data)
+        # kept as given, no copy: the zip writer passes bytes, or views of immutable bytes
+        self._parts.append(data)
         return len(data)
 
-    def take(self) -> list[bytes]:
+    def take(self) -> list[bytes | memoryview]:
         parts, self._parts = self._parts, []
         return parts
 

@@ -45,7 +45,7 @@ from git_theta.errors import (
     UnsupportedError,
 )
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.tensors import DTYPES, DType, from_torch_storage, numel, word_dtype
+from git_theta.tensors import DTYPES, DType, from_torch_storage, nbytes, numel, word_dtype
 from git_theta.zipstream import ZipStream
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
@@ -468,7 +468,7 @@ class PyTorchFormat:
         """Names of the stored tensors in the order ``write`` loads them."""
         emitter = _PickleEmitter(tensors, aliases)
         emitter.dumps(fmt["root"])
-        return emitter.storage_order
+        return [emitter.storage_order[key] for key in _member_order(emitter, tensors)]
 
     def write(
         self,
@@ -486,10 +486,19 @@ class PyTorchFormat:
         archive.add("archive/.format_version", b"1")
         archive.add("archive/.storage_alignment", b"64")
         archive.add("archive/byteorder", b"little")
-        for key, name in enumerate(emitter.storage_order):
+        for key in _member_order(emitter, tensors):
+            name = emitter.storage_order[key]
             archive.add(f"archive/data/{key}", tensors[name].load().data.cast("B"))
         archive.add("archive/version", b"3\n")
         archive.close()
+
+
+def _member_order(emitter: _PickleEmitter, tensors: Mapping[str, TensorData]) -> list[int]:
+    """Storage keys in the order their members are written: smallest first, so the reader
+    (git, over a pipe) gets bytes while the large tensors are still being decoded. The
+    pickle names storages by key, so member order does not matter to ``torch.load``."""
+    sizes = [nbytes(tensors[name].dtype, tensors[name].shape) for name in emitter.storage_order]
+    return sorted(range(len(sizes)), key=lambda key: (sizes[key], key))
 
 
 _STORAGE_CLASS = {d.name: d.torch_storage for d in DTYPES.values()}
