@@ -36,7 +36,8 @@ class Located:
 
 
 def _read_blobs(shas: Iterable[str], cwd: Path | str) -> dict[str, bytes]:
-    """Contents of the blobs among ``shas`` small enough to be manifests."""
+    """Contents of the blobs among ``shas`` that could be manifests: small enough and
+    starting with ``{``. Others are skipped as they stream by, so memory holds one at most."""
     shas = sorted(set(shas))
     if not shas:
         return {}
@@ -50,19 +51,7 @@ def _read_blobs(shas: Iterable[str], cwd: Path | str) -> dict[str, bytes]:
         parts = line.split()
         if len(parts) == 3 and parts[1] == "blob" and int(parts[2]) <= _MANIFEST_LIMIT:
             small.append(parts[0])
-    if not small:
-        return {}
-    batch = git.run(
-        ["cat-file", "--batch"], cwd=cwd, input="".join(s + "\n" for s in small).encode()
-    ).stdout
-    blobs, pos = {}, 0
-    while pos < len(batch):
-        end = batch.index(b"\n", pos)
-        sha, _kind, size = batch[pos:end].decode().split()
-        start = end + 1
-        blobs[sha] = batch[start : start + int(size)]
-        pos = start + int(size) + 1
-    return blobs
+    return dict(git.blobs_starting_with(small, b"{", cwd))
 
 
 def _manifests(found: dict[str, str], cwd: Path | str) -> list[Located]:

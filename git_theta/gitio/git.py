@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -83,3 +85,48 @@ def require_lfs() -> str:
     if proc.returncode != 0:
         raise GitLfsMissingError()
     return proc.stdout.decode().strip()
+
+
+def blobs_starting_with(
+    shas: list[str], prefix: bytes, cwd: Path | str = "."
+) -> Iterator[tuple[str, bytes]]:
+    """(sha, content) of those blobs whose content starts with ``prefix``, read through one
+    ``git cat-file --batch``; the others are read past in pieces and dropped."""
+    proc = subprocess.Popen(
+        ["git", "cat-file", "--batch"],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        try:
+            with proc.stdin:
+                for sha in shas:
+                    proc.stdin.write(sha.encode() + b"\n")
+        except BrokenPipeError:  # the reader stopped early and closed the pipe
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        for _ in shas:
+            header = proc.stdout.readline().split()
+            if len(header) != 3:  # "<sha> missing"
+                continue
+            sha, size = header[0].decode(), int(header[2])
+            head = proc.stdout.read(min(size, len(prefix)))
+            if head == prefix:
+                yield sha, head + proc.stdout.read(size - len(head))
+            else:
+                left = size - len(head)
+                while left:
+                    left -= len(proc.stdout.read(min(left, 1 << 20)))
+            proc.stdout.read(1)  # the newline after each object
+    finally:
+        proc.stdout.close()
+        proc.wait()
+        writer.join()
