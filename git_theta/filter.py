@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,25 +36,46 @@ from git_theta.tensors import identity_hash, numel, word_dtype
 _PASSTHROUGH_LIMIT = 64 << 20  # a manifest is never this big; larger files are not read whole
 
 
-def _previous_records(previous: bytes | None) -> dict[str, TensorRecord]:
-    """Records of the manifest being replaced, by identity hash (empty if there is none)."""
+@dataclass(frozen=True)
+class _Reuse:
+    """The records of the manifest being replaced, by identity hash, and the (dtype, shape)
+    pairs among them."""
+
+    records: dict[str, TensorRecord]
+    kinds: frozenset[tuple[str, tuple[int, ...]]]
+
+
+def _previous_records(previous: bytes | None) -> _Reuse:
+    """What the manifest being replaced offers for reuse (nothing if there is none)."""
     try:
         manifest = parse_if_manifest(previous) if previous else None
     except ManifestError:
         manifest = None
-    return {r.hash: r for r in manifest.tensors.values()} if manifest else {}
+    records = {r.hash: r for r in manifest.tensors.values()} if manifest else {}
+    return _Reuse(records, frozenset((r.dtype, r.shape) for r in records.values()))
 
 
 def _store_tensor(
-    tensor: TensorData, reuse: dict[str, TensorRecord], store: ObjectStore, config: Config
+    tensor: TensorData, reuse: _Reuse, store: ObjectStore, config: Config
 ) -> TensorRecord:
     words = tensor.load()
-    digest = identity_hash(tensor.dtype, tensor.shape, words)
-    known = reuse.get(digest)
-    if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
-        return known
-    ref = store.put(codec.encode(words, clevel=config.compression_level, cname=config.compression))
+    if (tensor.dtype, tensor.shape) in reuse.kinds:
+        # likely unchanged: hash first, and encode only if it did change
+        digest = identity_hash(tensor.dtype, tensor.shape, words)
+        known = reuse.records.get(digest)
+        if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
+            return known
+        encoding = codec.Encoding(words, config.compression_level, config.compression)
+    else:
+        # nothing it could be reused from: compress on tensorstore's threads while hashing
+        encoding = codec.Encoding(words, config.compression_level, config.compression)
+        digest = identity_hash(tensor.dtype, tensor.shape, words)
+    ref = store.put(encoding.pieces())
     return TensorRecord(tensor.dtype, tensor.shape, digest, "dense", (ref,))
+
+
+def _size(tensor: TensorData) -> int:
+    return get_dtype(tensor.dtype).itemsize * numel(tensor.shape)
 
 
 def clean(
@@ -74,11 +96,14 @@ def clean(
     fmt = formats.detect(src, display_name)
     checkpoint = fmt.read(src, display_name)
     reuse = _previous_records(previous)
+    # largest first, so the longest tasks do not start last and leave a core idle at the end
+    names = sorted(checkpoint.tensors, key=lambda n: -_size(checkpoint.tensors[n]))
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
-        records = list(
-            pool.map(lambda t: _store_tensor(t, reuse, store, config), checkpoint.tensors.values())
+        records = pool.map(
+            lambda n: _store_tensor(checkpoint.tensors[n], reuse, store, config), names
         )
-    tensors = dict(zip(checkpoint.tensors, records, strict=True))
+        by_name = dict(zip(names, records, strict=True))
+    tensors = {name: by_name[name] for name in checkpoint.tensors}
     return Manifest(checkpoint.format, tensors, checkpoint.aliases).to_bytes()
 
 

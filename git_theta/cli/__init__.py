@@ -2,86 +2,32 @@
 
 Every command is thin: parse options, call one library function, render its result. Errors
 raised by the library become one line on stderr and the exit code of their class.
+
+git starts ``git-theta filter-process`` for every command that reads or writes a tracked
+file, so that one is served without loading click or the other commands (``serve``); every
+other command goes through the click tree in ``commands``.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-
-import click
-
-from git_theta import __version__
-from git_theta.errors import ThetaError
 
 
 def report(message: str) -> None:
     """One line for people, on stderr."""
-    click.echo(f"git-theta: {message}", err=True)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="git-theta")
-def root() -> None:
-    """Version machine-learning checkpoints with git, tensor by tensor.
-
-    Run `git theta install` once, `git theta track model.pt` in a repository, then use
-    git as usual: add, commit, checkout, switch and stash store and rebuild checkpoints.
-    """
-
-
-def _register() -> None:
-    from git_theta.cli import files, filters, remote, setup, track
-
-    for command in (
-        setup.install,
-        setup.uninstall,
-        track.track,
-        track.untrack,
-        files.add,
-        files.ls_files,
-        remote.fetch,
-        remote.checkout,
-        remote.hook,
-        filters.clean,
-        filters.smudge,
-        filters.filter_process,
-    ):
-        root.add_command(command)
-
-
-_register()
+    print(f"git-theta: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``git-theta`` console script."""
-    try:
-        root.main(args=argv, prog_name="git theta", standalone_mode=False)
-    except ThetaError as exc:
-        report(f"error: {exc}")
-        if os.environ.get("GIT_THETA_DEBUG"):
-            raise
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.UsageError as exc:
-        if exc.ctx is not None and exc.ctx.parent is None:
-            # git turns `git theta --help` into `git help theta` (a man page), so the hint
-            # for the root command names -h, which reaches us
-            click.echo(f"{exc.ctx.get_usage()}\nTry 'git theta -h' for help.\n", err=True)
-            click.echo(f"Error: {exc.format_message()}", err=True)
-            return exc.exit_code
-        exc.show()
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return 1
-    except BrokenPipeError:
-        return 1
-    return 0
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["filter-process"]:
+        from git_theta.cli.serve import filter_process
+
+        return filter_process()
+    from git_theta.cli.commands import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from git_theta.errors import NotACheckpointError, UnsupportedError
@@ -27,6 +26,8 @@ SNIFF_BYTES = 64 * 1024
 def _plugins() -> dict[str, str]:
     """Formats from the ``git_theta.formats`` entry points; a plugin cannot replace a
     built-in format (no silent override)."""
+    from importlib.metadata import entry_points  # 10 ms of imports, paid only when used
+
     return {
         ep.name: ep.value
         for ep in entry_points(group="git_theta.formats")

@@ -93,6 +93,22 @@ def _writev_all(fd: int, parts: list[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
+def _spool(inp: BinaryIO, dst: BinaryIO) -> None:
+    """Copy one file's content packets to ``dst`` in blocks of a few MiB: one write per
+    block, not one per 64 KiB packet."""
+    block = bytearray()
+    for chunk in pktline.read_content(inp):
+        block += chunk
+        if len(block) >= _SPOOL_BLOCK:
+            dst.write(block)
+            block.clear()
+    dst.write(block)
+    dst.flush()
+
+
+_SPOOL_BLOCK = 4 << 20
+
+
 def _grow_pipes() -> None:
     """Ask for 1 MiB pipe buffers to and from git (Linux): fewer switches per checkpoint."""
     try:
@@ -121,17 +137,16 @@ def _handshake(inp: BinaryIO, out: BinaryIO) -> None:
 def serve(
     handler: Handler,
     on_error: ErrorReporter,
-    tmp_dir: Path | None = None,
+    tmp_dir: Callable[[], Path] | None = None,
     inp: BinaryIO | None = None,
     out: BinaryIO | None = None,
 ) -> None:
     """Answer git's requests until it closes the pipe."""
     inp = inp or open(sys.stdin.fileno(), "rb", buffering=_BUFFER, closefd=False)  # noqa: SIM115
     out = out or open(sys.stdout.fileno(), "wb", buffering=_BUFFER, closefd=False)  # noqa: SIM115
-    if tmp_dir is not None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
     _grow_pipes()
     _handshake(inp, out)
+    spool_dir: Path | None = None
     while True:
         try:
             headers = pktline.read_text_list(inp)
@@ -139,10 +154,12 @@ def serve(
             return
         meta = dict(line.split("=", 1) for line in headers if "=" in line)
         command, pathname = meta.get("command", ""), meta.get("pathname", "")
-        with tempfile.NamedTemporaryFile(dir=tmp_dir, prefix="theta-in-") as src:
-            for chunk in pktline.read_content(inp):
-                src.write(chunk)
-            src.flush()
+        if tmp_dir is not None and spool_dir is None:
+            # found after the handshake: git does not wait on the git commands it takes
+            spool_dir = tmp_dir()
+            spool_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="theta-in-") as src:
+            _spool(inp, src)
             answer = _Answer(out)
             try:
                 if command not in CAPABILITIES:
