@@ -228,6 +228,22 @@ def _checkout_fails(repo: Repo) -> str:
     return lines[0]
 
 
+def test_broken_install_fails_the_file_with_one_message(
+    repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the filter loads its libraries at the first request: a failure there is that file's
+    # error, reported like any other, not a filter process that dies mid-protocol
+    commit_good(repo)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "tensorstore.py").write_text('raise ImportError("tensorstore is broken here")\n')
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    changed = seeded_state_dict(n=3, size=16, seed=9)
+    buf = io.BytesIO()
+    torch.save(changed, buf)
+    assert_add_refused(repo, buf.getvalue(), PREFIX + "ImportError: tensorstore is broken here")
+
+
 def test_corrupt_object_fails_checkout(repo: Repo) -> None:
     state = commit_good(repo)
     oid = _tensor_object(repo, "layers.1.weight")

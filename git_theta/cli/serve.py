@@ -10,6 +10,7 @@ data.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,9 @@ def on_error(command: str, pathname: str, exc: BaseException) -> None:
 
 def filter_process() -> int:
     """Serve git's requests on stdin/stdout until git closes the pipe; does not return."""
+    # start-up makes many long-lived objects (modules, classes): no collections meanwhile,
+    # and once the filter is built they are set aside where later collections skip them
+    gc.disable()
     from git_theta.gitio import filter_process as protocol
     from git_theta.gitio import git
 
@@ -44,9 +48,15 @@ def filter_process() -> int:
 
     def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         if not filters:
-            from git_theta.filter import RepoFilter
+            try:
+                import tensorstore  # noqa: F401  (the codec's; loaded here, with the rest)
 
-            filters.append(RepoFilter())
+                from git_theta.filter import RepoFilter
+
+                filters.append(RepoFilter())
+            finally:
+                gc.freeze()
+                gc.enable()
             if filters[0].warning:
                 report(f"warning: {filters[0].warning}")
         filters[0].handle(command, pathname, src, out)
