@@ -52,14 +52,14 @@ def _previous_records(previous: bytes | None) -> _Reuse:
     except ManifestError:
         manifest = None
     records = {r.hash: r for r in manifest.tensors.values()} if manifest else {}
-    return _Reuse(records, frozenset((r.dtype, r.shape) for r in records.values()))
+    return _Reuse(records, frozenset((r.dtype, tuple(r.shape)) for r in records.values()))
 
 
 def _store_tensor(
     tensor: TensorData, reuse: _Reuse, store: ObjectStore, config: Config
 ) -> TensorRecord:
     words = tensor.load()
-    if (tensor.dtype, tensor.shape) in reuse.kinds:
+    if (tensor.dtype, tuple(tensor.shape)) in reuse.kinds:
         # likely unchanged: hash first, and encode only if it did change
         digest = identity_hash(tensor.dtype, tensor.shape, words)
         known = reuse.records.get(digest)
@@ -218,13 +218,14 @@ def _ensure_hook(cwd: Path) -> str:
 class RepoFilter:
     """clean and smudge for the files of one repository, as git's filter drivers call them."""
 
-    def __init__(self, cwd: Path | str = ".") -> None:
+    def __init__(self, cwd: Path | str = ".", lfs_dir: Path | None = None) -> None:
+        """``lfs_dir``: the repository's LFS directory when the caller has looked it up."""
         from git_theta import config as config_module
         from git_theta.gitio import git
 
         self.cwd = Path(cwd)
         self.config = config_module.load(cwd)
-        self.store = ObjectStore(git.lfs_dir(cwd))
+        self.store = ObjectStore(lfs_dir if lfs_dir is not None else git.lfs_dir(cwd))
         self._git = git
         self.warning = _ensure_hook(self.cwd)
 

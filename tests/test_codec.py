@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import zipfile
@@ -79,6 +80,24 @@ def test_blob_layout_is_magic_count_and_sorted_keys(monkeypatch: pytest.MonkeyPa
         assert [i.filename for i in archive.infolist()] == ["c/0", "c/1", "zarr.json"]
         assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_STORED}
     assert list(codec._unpack(blob)) == [b"c/0", b"c/1", b"zarr.json"]
+
+
+def test_blob_bytes_are_pinned() -> None:
+    # the same tensor must give the same object (and so the same manifest) on every machine
+    # and with every git-theta that writes this format: 1 MiB chunks, blosc shuffle + lz4/zstd
+    words = np.arange(3 * 2**18 + 5, dtype="<u4")  # four chunks, the last one short
+    blob = b"".join(codec.encode(words))
+    assert sorted(codec._unpack(blob)) == [b"c/0", b"c/1", b"c/2", b"c/3", b"zarr.json"]
+    assert (len(blob), hashlib.sha256(blob).hexdigest()) == (
+        31623,
+        "7529d261af6fdf1077658f16df647358bb6cb377c0408e33d784156064cf421d",
+    )
+    normal = np.random.default_rng(7).standard_normal(2**19, dtype=np.float32).view("<u4")
+    blob = b"".join(codec.encode(normal, cname="zstd"))
+    assert (len(blob), hashlib.sha256(blob).hexdigest()) == (
+        1935111,
+        "299a2cf114a43eb19277c8e3d11888eced3051f3b8d724d2b88a3c3ef979e98a",
+    )
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])

@@ -347,6 +347,60 @@ def test_store_grows_by_the_one_changed_tensor(repo: Repo) -> None:
     assert growth < 0.2 * size  # nowhere near a second copy of the checkpoint
 
 
+def test_changed_tensor_cleans_the_same_with_or_without_a_previous_manifest(repo: Repo) -> None:
+    # with the index's manifest, a tensor of a known shape is hashed before it is compressed;
+    # without one, compressed while it is hashed: the same manifest and objects either way,
+    # for a tensor of several 1 MiB chunks, on one thread or two
+    gen = torch.Generator().manual_seed(11)
+    state = {"big.weight": torch.randn(700, 600, generator=gen), "b": torch.randn(7, generator=gen)}
+    path = repo.path / "model.pt"
+    torch.save(state, path)
+    repo.commit_file("model.pt", "v1")
+    state["big.weight"] = torch.randn(700, 600, generator=gen)
+    torch.save(state, path)
+    with_previous = clean_bytes(repo, path, "model.pt")
+    assert manifest_hashes(with_previous)["b"] == manifest_hashes(repo.blob(":model.pt"))["b"]
+    assert (
+        manifest_hashes(with_previous)["big.weight"]
+        != (manifest_hashes(repo.blob(":model.pt"))["big.weight"])
+    )
+    assert clean_bytes(repo, path) == with_previous
+    assert clean_bytes(repo, path, "model.pt", env={"GIT_THETA_THREADS": "1"}) == with_previous
+    assert clean_bytes(repo, path, env={"GIT_THETA_THREADS": "1"}) == with_previous
+    repo.git("add", "model.pt")
+    assert repo.blob(":model.pt") == with_previous
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_objects_and_spool_files_go_under_lfs_storage(
+    repo: Repo, tmp_path: Path, where: str
+) -> None:
+    # git-lfs's `lfs.storage` (relative to the git directory, or absolute) moves the store
+    storage = tmp_path / "elsewhere" if where == "absolute" else repo.path / ".git" / "custom"
+    repo.git("config", "lfs.storage", str(storage) if where == "absolute" else "custom")
+    state = seeded_state_dict(n=3, size=16, seed=4)
+    path = repo.path / "model.pt"
+    torch.save(state, path)
+    repo.commit_file("model.pt", "v1")
+    oids = {
+        o["oid"]
+        for r in manifest(repo, "HEAD:model.pt")["tensors"].values()
+        for o in r["storage"]["objects"]
+    }
+    stored = {p.name for p in (storage / "objects").rglob("*") if p.is_file()}
+    assert stored == oids and len(oids) == 3
+    assert not (repo.path / ".git" / "lfs" / "objects").exists()
+    assert [p.name for p in (storage / "tmp").iterdir()] == []  # spooled input is gone
+    path.unlink()
+    repo.git("checkout", "--", "model.pt")
+    assert_same_object(state, torch.load(path, weights_only=True))
+    assert repo.status() == ""
+
+
+def manifest_hashes(data: bytes) -> dict[str, str]:
+    return {name: rec["hash"] for name, rec in json.loads(data)["tensors"].items()}
+
+
 # ----------------------------------------------------------------------------- safetensors
 
 

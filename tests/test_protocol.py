@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import pytest
 
+from git_theta.errors import NotARepositoryError
 from git_theta.gitio import filter_process, pktline
 from git_theta.gitio.pktline import ProtocolError
 from git_theta.manifest import Manifest
@@ -167,8 +168,10 @@ class Recorder:
         self.answer = answer
         self.fail = fail
         self.partial = partial  # written before failing
+        self.spool_dir: Path | None = None  # where the content must be spooled, when known
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+        assert self.spool_dir is None or src.parent == self.spool_dir
         content = src.read_bytes()
         self.calls.append((command, pathname, content))
         if self.fail is not None:
@@ -183,8 +186,17 @@ class Recorder:
 def serve(recorder: Recorder, data: bytes, tmp_path: Path) -> bytes:
     out = io.BytesIO()
     tmp_dir = tmp_path / "filter-tmp"
-    filter_process.serve(recorder.handle, recorder.on_error, lambda: tmp_dir, io.BytesIO(data), out)
-    assert list(tmp_dir.glob("*")) == []  # spooled files are gone (if any came)
+    looked_up: list[Path] = []
+
+    def find_tmp_dir() -> Path:
+        looked_up.append(tmp_dir)
+        return tmp_dir
+
+    recorder.spool_dir = tmp_dir
+    filter_process.serve(recorder.handle, recorder.on_error, find_tmp_dir, io.BytesIO(data), out)
+    # the spool directory is looked up once, at the first request; never for a handshake alone
+    assert len(looked_up) == (1 if b"command=" in data else 0)
+    assert list(tmp_dir.glob("*")) == []  # spooled files are gone
     return out.getvalue()
 
 
@@ -308,6 +320,33 @@ def test_large_content_in_and_out_is_split_into_max_packets(tmp_path: Path) -> N
     )
 
 
+def test_content_larger_than_a_spool_block_arrives_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filter_process, "_SPOOL_BLOCK", 100_000)  # blocks cut across packets
+    content = os.urandom(350_001)
+    recorder = Recorder(answer=lambda c: b"ok")
+    data = HANDSHAKE_IN + request("clean", "a.pt", content) + request("clean", "b.pt", b"x")
+    reply = serve(recorder, data, tmp_path)
+    assert recorder.calls == [("clean", "a.pt", content), ("clean", "b.pt", b"x")]
+    assert reply == HANDSHAKE_OUT + (b"0013status=success\n0000" + b"0006ok" + b"00000000") * 2
+
+
+def test_no_spool_directory_fails_each_file_and_keeps_the_stream(tmp_path: Path) -> None:
+    recorder = Recorder()
+    missing = NotARepositoryError(str(tmp_path))
+
+    def no_tmp_dir() -> Path:
+        raise missing
+
+    data = HANDSHAKE_IN + request("clean", "a.pt", b"A" * 70_000) + request("smudge", "b.pt", b"B")
+    out = io.BytesIO()
+    filter_process.serve(recorder.handle, recorder.on_error, no_tmp_dir, io.BytesIO(data), out)
+    assert out.getvalue() == HANDSHAKE_OUT + b"0011status=error\n0000" * 2
+    assert recorder.calls == []
+    assert recorder.errors == [("clean", "a.pt", missing), ("smudge", "b.pt", missing)]
+
+
 def test_empty_content_and_empty_answer(tmp_path: Path) -> None:
     recorder = Recorder(answer=lambda c: b"")
     reply = serve(recorder, HANDSHAKE_IN + request("clean", "model.pt", b""), tmp_path)
@@ -395,18 +434,55 @@ def test_one_shot_smudge_of_non_manifest_passes_it_through(repo: Repo) -> None:
     assert _theta(repo, "smudge", "model.pt", stdin=b"plain text\n") == b"plain text\n"
 
 
-def test_filter_process_serves_its_stdin(repo: Repo) -> None:
-    """The real `git theta filter-process`, driven by hand: handshake and an error reply."""
-    data = HANDSHAKE_IN + request("clean", "model.pt", b"garbage")
-    proc = subprocess.run(
+def run_filter_process(cwd: Path, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """The real `git theta filter-process` in ``cwd``, fed ``data``."""
+    return subprocess.run(
         [sys.executable, "-m", "git_theta", "filter-process"],
-        cwd=repo.path,
+        cwd=cwd,
         input=data,
         capture_output=True,
     )
+
+
+def test_filter_process_serves_its_stdin(repo: Repo) -> None:
+    """The real `git theta filter-process`, driven by hand: handshake and an error reply."""
+    data = HANDSHAKE_IN + request("clean", "model.pt", b"garbage")
+    proc = run_filter_process(repo.path, data)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == HANDSHAKE_OUT + b"0011status=error\n0000"
     assert proc.stderr.decode() == (
         "git-theta: error: model.pt: not a checkpoint git-theta can read: its content is not "
         "in any known format (safetensors, pytorch)\n"
+    )
+
+
+def test_filter_process_cut_off_mid_request_exits_1_with_one_line(repo: Repo) -> None:
+    # git died while sending a file: no traceback, one line, a failed exit
+    data = HANDSHAKE_IN + b"0012command=clean\n0016pathname=model.pt\n0000" + b"0009PK\x03\x04x"
+    proc = run_filter_process(repo.path, data)
+    assert proc.returncode == 1
+    assert proc.stdout == HANDSHAKE_OUT
+    assert proc.stderr.decode() == (
+        "git-theta: error: git closed the filter's input in the middle of a request\n"
+    )
+
+
+def test_filter_process_broken_stream_exits_1_with_one_line(repo: Repo) -> None:
+    data = HANDSHAKE_IN + b"00zz"
+    proc = run_filter_process(repo.path, data)
+    assert proc.returncode == 1
+    assert proc.stdout == HANDSHAKE_OUT
+    assert proc.stderr.decode() == (
+        "git-theta: error: filter process failed: ProtocolError: invalid pkt-line header b'00zz'\n"
+    )
+
+
+def test_filter_process_outside_a_repository_fails_each_file(tmp_path: Path) -> None:
+    data = HANDSHAKE_IN + request("clean", "model.pt", b"data") + request("smudge", "m.pt", b"x")
+    proc = run_filter_process(tmp_path, data)
+    assert proc.returncode == 0
+    assert proc.stdout == HANDSHAKE_OUT + b"0011status=error\n0000" * 2
+    message = str(NotARepositoryError(str(tmp_path.resolve())))
+    assert proc.stderr.decode() == (
+        f"git-theta: error: model.pt: {message}\ngit-theta: error: m.pt: {message}\n"
     )

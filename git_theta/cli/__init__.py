@@ -10,7 +10,6 @@ other command goes through the click tree in ``commands``.
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -21,9 +20,6 @@ def report(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``git-theta`` console script."""
-    # numpy's OpenBLAS starts a spinning thread per core at import; git-theta does no linear
-    # algebra, and on a small machine those threads take CPU from git and the filter
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = sys.argv[1:] if argv is None else argv
     if args == ["filter-process"]:
         from git_theta.cli.serve import filter_process

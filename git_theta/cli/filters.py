@@ -16,6 +16,7 @@ from git_theta.cli import serve
 
 
 def _one_shot(command: str, path: str) -> None:
+    serve.single_threaded_blas()
     from git_theta.filter import RepoFilter
 
     repo = RepoFilter()

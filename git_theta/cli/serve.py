@@ -10,11 +10,12 @@ data.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from git_theta.cli import report
 
@@ -36,8 +37,21 @@ def on_error(command: str, pathname: str, exc: BaseException) -> None:
         traceback.print_exception(exc, file=sys.stderr)
 
 
-def filter_process() -> int:
-    """Serve git's requests on stdin/stdout until git closes the pipe; does not return."""
+def single_threaded_blas() -> None:
+    """numpy's OpenBLAS starts a spinning thread per core when it loads; the filters do no
+    linear algebra, and on a small machine those threads take CPU from git and the filter.
+    Set only in the filter processes (a user's hooks and tools keep their own setting)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def filter_process() -> NoReturn:
+    """Serve git's requests on stdin/stdout until git closes the pipe, then exit.
+
+    A failure of one file is answered ``status=error`` for that file; what ends the process
+    early (a broken protocol stream, Ctrl-C) is one line on stderr and a non-zero exit."""
+    from git_theta.errors import ThetaError
+
+    single_threaded_blas()
     # start-up makes many long-lived objects (modules, classes): no collections meanwhile,
     # and once the filter is built they are set aside where later collections skip them
     gc.disable()
@@ -45,6 +59,12 @@ def filter_process() -> int:
     from git_theta.gitio import git
 
     filters: list[Any] = []
+    lfs_dirs: list[Path] = []
+
+    def lfs_dir() -> Path:
+        if not lfs_dirs:
+            lfs_dirs.append(git.lfs_dir())
+        return lfs_dirs[0]
 
     def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         if not filters:
@@ -53,7 +73,7 @@ def filter_process() -> int:
 
                 from git_theta.filter import RepoFilter
 
-                filters.append(RepoFilter())
+                filters.append(RepoFilter(lfs_dir=lfs_dir()))
             finally:
                 gc.freeze()
                 gc.enable()
@@ -61,10 +81,31 @@ def filter_process() -> int:
                 report(f"warning: {filters[0].warning}")
         filters[0].handle(command, pathname, src, out)
 
-    protocol.serve(handle, on_error, tmp_dir=lambda: git.lfs_dir() / "tmp")
+    code = 0
+    try:
+        protocol.serve(handle, on_error, tmp_dir=lambda: lfs_dir() / "tmp")
+    except ThetaError as exc:
+        report(f"error: {exc}")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        report("aborted")
+        code = 130
+    except EOFError:
+        report("error: git closed the filter's input in the middle of a request")
+        code = 1
+    except BrokenPipeError:
+        code = 1  # git went away: nobody is left to read a message
+    except Exception as exc:  # a broken protocol stream or a bug: one line, not a traceback
+        report(f"error: filter process failed: {type(exc).__name__}: {exc}")
+        if os.environ.get("GIT_THETA_DEBUG"):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        code = 1
     # git waits for the filter to exit before it finishes its command; every object is
     # written and renamed and every answer flushed by now, so skip the interpreter's
     # teardown (tensorstore's and numpy's take tens of milliseconds)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(code)

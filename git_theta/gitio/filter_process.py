@@ -109,6 +109,29 @@ def _spool(inp: BinaryIO, dst: BinaryIO) -> None:
 _SPOOL_BLOCK = 4 << 20
 
 
+def _drain(inp: BinaryIO) -> None:
+    """Read past the rest of a file's content packets (up to its flush)."""
+    for _ in pktline.read_content(inp):
+        pass
+
+
+def _fail(
+    out: BinaryIO,
+    on_error: ErrorReporter,
+    command: str,
+    pathname: str,
+    exc: BaseException,
+    started: bool,
+) -> None:
+    """Report ``exc`` and answer ``status=error`` for the file (after ending the partial
+    content when some was sent)."""
+    on_error(command, pathname, exc)
+    if started:
+        pktline.write_flush(out)  # end of the partial content
+    pktline.write_text(out, "status=error")
+    pktline.write_flush(out)
+
+
 def _grow_pipes() -> None:
     """Ask for 1 MiB pipe buffers to and from git (Linux): fewer switches per checkpoint."""
     try:
@@ -154,23 +177,31 @@ def serve(
             return
         meta = dict(line.split("=", 1) for line in headers if "=" in line)
         command, pathname = meta.get("command", ""), meta.get("pathname", "")
-        if tmp_dir is not None and spool_dir is None:
-            # found after the handshake: git does not wait on the git commands it takes
-            spool_dir = tmp_dir()
-            spool_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=spool_dir, prefix="theta-in-") as src:
-            _spool(inp, src)
+        try:
+            if tmp_dir is not None and spool_dir is None:
+                # found after the handshake: git does not wait on the git commands it takes
+                found = tmp_dir()
+                found.mkdir(parents=True, exist_ok=True)
+                spool_dir = found
+            src = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="theta-in-")  # noqa: SIM115
+        except Exception as exc:  # no place to spool to: this file fails, the stream goes on
+            _drain(inp)
+            _fail(out, on_error, command, pathname, exc, started=False)
+            continue
+        with src:
+            try:
+                _spool(inp, src)
+            except OSError as exc:  # e.g. a full disk: read the rest, fail this file
+                _drain(inp)
+                _fail(out, on_error, command, pathname, exc, started=False)
+                continue
             answer = _Answer(out)
             try:
                 if command not in CAPABILITIES:
                     raise ValueError(f"unsupported filter command {command!r}")
                 handler(command, pathname, Path(src.name), answer)  # type: ignore[arg-type]
             except Exception as exc:  # any failure becomes status=error for this file
-                on_error(command, pathname, exc)
-                if answer.started:
-                    pktline.write_flush(out)  # end of the partial content
-                pktline.write_text(out, "status=error")
-                pktline.write_flush(out)
+                _fail(out, on_error, command, pathname, exc, started=answer.started)
                 continue
             answer.start()  # an empty result is still a success
             pktline.write_flush(out)

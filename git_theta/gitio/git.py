@@ -64,11 +64,6 @@ def common_dir(cwd: Path | str = ".") -> Path:
 
 def lfs_dir(cwd: Path | str = ".") -> Path:
     """Where git-lfs keeps objects for this repository (``lfs.storage`` or ``.git/lfs``)."""
-    return _lfs_dir(str(Path(cwd).resolve()))
-
-
-@cache
-def _lfs_dir(cwd: str) -> Path:
     proc = run(["config", "--get", "lfs.storage"], cwd=cwd, check=False)
     configured = proc.stdout.decode().strip()
     base = common_dir(cwd)
