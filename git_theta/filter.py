@@ -32,6 +32,7 @@ from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import identity_hash, numel, word_dtype
+from git_theta.tensors import nbytes as tensor_nbytes
 
 _PASSTHROUGH_LIMIT = 64 << 20  # a manifest is never this big; larger files are not read whole
 
@@ -59,23 +60,19 @@ def _store_tensor(
     tensor: TensorData, reuse: _Reuse, store: ObjectStore, config: Config
 ) -> TensorRecord:
     words = tensor.load()
+    digest = None
     if (tensor.dtype, tuple(tensor.shape)) in reuse.kinds:
         # likely unchanged: hash first, and encode only if it did change
         digest = identity_hash(tensor.dtype, tensor.shape, words)
         known = reuse.records.get(digest)
         if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
             return known
-        encoding = codec.Encoding(words, config.compression_level, config.compression)
-    else:
-        # nothing it could be reused from: compress on tensorstore's threads while hashing
-        encoding = codec.Encoding(words, config.compression_level, config.compression)
+    encoding = codec.Encoding(words, config.compression_level, config.compression)
+    if digest is None:
+        # nothing it could be reused from: hashed while tensorstore's threads compress it
         digest = identity_hash(tensor.dtype, tensor.shape, words)
     ref = store.put(encoding.pieces())
     return TensorRecord(tensor.dtype, tensor.shape, digest, "dense", (ref,))
-
-
-def _size(tensor: TensorData) -> int:
-    return get_dtype(tensor.dtype).itemsize * numel(tensor.shape)
 
 
 def clean(
@@ -97,7 +94,10 @@ def clean(
     checkpoint = fmt.read(src, display_name)
     reuse = _previous_records(previous)
     # largest first, so the longest tasks do not start last and leave a core idle at the end
-    names = sorted(checkpoint.tensors, key=lambda n: -_size(checkpoint.tensors[n]))
+    names = sorted(
+        checkpoint.tensors,
+        key=lambda n: -tensor_nbytes(checkpoint.tensors[n].dtype, checkpoint.tensors[n].shape),
+    )
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         records = pool.map(
             lambda n: _store_tensor(checkpoint.tensors[n], reuse, store, config), names

@@ -320,10 +320,7 @@ def test_large_content_in_and_out_is_split_into_max_packets(tmp_path: Path) -> N
     )
 
 
-def test_content_larger_than_a_spool_block_arrives_exact(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(filter_process, "_SPOOL_BLOCK", 100_000)  # blocks cut across packets
+def test_content_of_many_packets_arrives_exact(tmp_path: Path) -> None:
     content = os.urandom(350_001)
     recorder = Recorder(answer=lambda c: b"ok")
     data = HANDSHAKE_IN + request("clean", "a.pt", content) + request("clean", "b.pt", b"x")
@@ -456,25 +453,26 @@ def test_filter_process_serves_its_stdin(repo: Repo) -> None:
     )
 
 
-def test_filter_process_cut_off_mid_request_exits_1_with_one_line(repo: Repo) -> None:
-    # git died while sending a file: no traceback, one line, a failed exit
-    data = HANDSHAKE_IN + b"0012command=clean\n0016pathname=model.pt\n0000" + b"0009PK\x03\x04x"
-    proc = run_filter_process(repo.path, data)
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        # git died while sending a file
+        (
+            b"0012command=clean\n0016pathname=model.pt\n0000" + b"0009PK\x03\x04x",
+            "git closed the filter's input in the middle of a request",
+        ),
+        (b"00zz", "filter process failed: ProtocolError: invalid pkt-line header b'00zz'"),
+    ],
+    ids=["cut-off", "broken"],
+)
+def test_filter_process_ended_early_exits_1_with_one_line(
+    repo: Repo, tail: bytes, message: str
+) -> None:
+    # no traceback: one line and a failed exit
+    proc = run_filter_process(repo.path, HANDSHAKE_IN + tail)
     assert proc.returncode == 1
     assert proc.stdout == HANDSHAKE_OUT
-    assert proc.stderr.decode() == (
-        "git-theta: error: git closed the filter's input in the middle of a request\n"
-    )
-
-
-def test_filter_process_broken_stream_exits_1_with_one_line(repo: Repo) -> None:
-    data = HANDSHAKE_IN + b"00zz"
-    proc = run_filter_process(repo.path, data)
-    assert proc.returncode == 1
-    assert proc.stdout == HANDSHAKE_OUT
-    assert proc.stderr.decode() == (
-        "git-theta: error: filter process failed: ProtocolError: invalid pkt-line header b'00zz'\n"
-    )
+    assert proc.stderr.decode() == f"git-theta: error: {message}\n"
 
 
 def test_filter_process_outside_a_repository_fails_each_file(tmp_path: Path) -> None:

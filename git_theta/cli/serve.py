@@ -11,6 +11,7 @@ data.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -31,6 +32,10 @@ def on_error(command: str, pathname: str, exc: BaseException) -> None:
     """Report a failed request in one line on stderr (with a traceback under
     ``GIT_THETA_DEBUG``)."""
     report(f"error: {_describe(pathname, exc)}")
+    _debug_traceback(exc)
+
+
+def _debug_traceback(exc: BaseException) -> None:
     if os.environ.get("GIT_THETA_DEBUG"):
         import traceback
 
@@ -59,12 +64,7 @@ def filter_process() -> NoReturn:
     from git_theta.gitio import git
 
     filters: list[Any] = []
-    lfs_dirs: list[Path] = []
-
-    def lfs_dir() -> Path:
-        if not lfs_dirs:
-            lfs_dirs.append(git.lfs_dir())
-        return lfs_dirs[0]
+    lfs_dir = functools.cache(git.lfs_dir)  # looked up once, at the first request
 
     def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         if not filters:
@@ -97,10 +97,7 @@ def filter_process() -> NoReturn:
         code = 1  # git went away: nobody is left to read a message
     except Exception as exc:  # a broken protocol stream or a bug: one line, not a traceback
         report(f"error: filter process failed: {type(exc).__name__}: {exc}")
-        if os.environ.get("GIT_THETA_DEBUG"):
-            import traceback
-
-            traceback.print_exception(exc, file=sys.stderr)
+        _debug_traceback(exc)
         code = 1
     # git waits for the filter to exit before it finishes its command; every object is
     # written and renamed and every answer flushed by now, so skip the interpreter's

@@ -94,19 +94,10 @@ def _writev_all(fd: int, parts: list[bytes | memoryview]) -> None:
 
 
 def _spool(inp: BinaryIO, dst: BinaryIO) -> None:
-    """Copy one file's content packets to ``dst`` in blocks of a few MiB: one write per
-    block, not one per 64 KiB packet."""
-    block = bytearray()
+    """Copy one file's content packets to ``dst``."""
     for chunk in pktline.read_content(inp):
-        block += chunk
-        if len(block) >= _SPOOL_BLOCK:
-            dst.write(block)
-            block.clear()
-    dst.write(block)
+        dst.write(chunk)
     dst.flush()
-
-
-_SPOOL_BLOCK = 4 << 20
 
 
 def _drain(inp: BinaryIO) -> None:
