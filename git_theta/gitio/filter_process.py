@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from git_theta.gitio import pktline
 
@@ -93,7 +93,7 @@ def _writev_all(fd: int, parts: list[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
-def _spool(inp: BinaryIO, dst: BinaryIO) -> None:
+def _spool(inp: BinaryIO, dst: IO[bytes]) -> None:
     """Copy one file's content packets to ``dst``."""
     for chunk in pktline.read_content(inp):
         dst.write(chunk)
