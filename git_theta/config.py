@@ -11,12 +11,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from git_theta.codec import COMPRESSORS, DEFAULT_LEVEL
 from git_theta.errors import UsageError
-from git_theta.gitio import git
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -51,19 +50,10 @@ class Config:
     skip_smudge: bool
 
 
-def _git_values(cwd: Path | str) -> dict[str, str]:
-    proc = git.run(["config", "--null", "--get-regexp", r"^theta\."], cwd=cwd, check=False)
-    values = {}
-    for entry in proc.stdout.decode(errors="replace").split("\0"):
-        if entry:
-            key, _, value = entry.partition("\n")
-            values[key.lower()] = value
-    return values
-
-
-def load(cwd: Path | str = ".") -> Config:
-    """Read the configuration once, for the repository around ``cwd``."""
-    values = _git_values(cwd)
+def load(git_config: Mapping[str, str]) -> Config:
+    """The configuration from a repository's git config values (``gitio.git.read_config``),
+    each overridden by its environment variable."""
+    values = {key.lower(): value for key, value in git_config.items() if key.startswith("theta.")}
 
     def pick(key: str, env: str) -> tuple[str, str] | None:
         if env in os.environ:

@@ -4,13 +4,17 @@ clean (``git add``): checkpoint file -> format reader -> per tensor: identity ha
 whose hash matches one in the previous manifest of the path reuses its record; any other is
 encoded and stored -> manifest bytes.
 
-smudge (checkout): manifest -> every object present? -> decode each tensor, verify its
-identity hash -> format writer -> checkpoint bytes.
+smudge (checkout): manifest -> every object present (else the caller's ``fetch``)? -> decode
+each tensor, verify its identity hash -> format writer -> checkpoint bytes.
+
+Pure composition: the store, the settings and the way to fetch are passed in; nothing here
+finds a repository, runs git or installs anything.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +80,9 @@ def _store_tensor(
 
 
 def clean(
-    src: Path, display_name: str, store: ObjectStore, config: Config, previous: bytes | None = None
+    src: Path, previous: bytes | None, store: ObjectStore, config: Config, name: str = "<stdin>"
 ) -> bytes:
-    """The manifest for the checkpoint at ``src``.
+    """The manifest for the checkpoint at ``src`` (``name``: its path, for messages).
 
     ``previous`` is the blob the path had in the index (the manifest being replaced), used to
     reuse unchanged tensors. A file that already is a manifest is returned in canonical form.
@@ -90,8 +94,8 @@ def clean(
         existing = parse_if_manifest(head)
         if existing is not None:
             return existing.to_bytes()
-    fmt = formats.detect(src, display_name)
-    checkpoint = fmt.read(src, display_name)
+    fmt = formats.detect(src, name)
+    checkpoint = fmt.read(src, name)
     reuse = _previous_records(previous)
     # largest first, so the longest tasks do not start last and leave a core idle at the end
     names = sorted(
@@ -136,22 +140,28 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
 
 
-def smudge(data: bytes, store: ObjectStore, out: BinaryIO, threads: int = 2) -> None:
-    """Write the checkpoint a manifest describes to ``out``, front to back.
+def smudge(
+    manifest: Manifest,
+    store: ObjectStore,
+    out: BinaryIO,
+    config: Config,
+    fetch: Callable[[Manifest], object] | None = None,
+) -> None:
+    """Write the checkpoint ``manifest`` describes to ``out``, front to back.
 
-    Content that is not a manifest is written unchanged. Raises ObjectMissingError, before
-    writing anything, when objects are not local. Tensors are decoded and verified ahead of
-    the writer, in the order it consumes them, on ``threads`` threads.
+    When objects are not local, ``fetch(manifest)`` is called to get them; raises
+    ObjectMissingError, before writing anything, when some are still missing. Tensors are
+    decoded and verified ahead of the writer, in the order it consumes them, on
+    ``config.threads`` threads.
     """
-    manifest = parse_if_manifest(data)
-    if manifest is None:
-        out.write(data)
-        return
+    if fetch is not None and missing_objects(manifest, store):
+        fetch(manifest)
     missing = missing_objects(manifest, store)
     if missing:
         raise ObjectMissingError(missing)
+    threads = max(1, config.threads)
     fmt = formats.get(manifest.format["name"])
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1))
         tensors = {
             name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name))
@@ -200,54 +210,3 @@ class _AheadLoader:
     def cancel(self) -> None:
         for future in self._pending.values():
             future.cancel()
-
-
-def _ensure_hook(cwd: Path) -> str:
-    """Every repository the filter works in gets the pre-push hook (a clone made under a
-    global install must not be able to push commits whose objects stay behind). Returns a
-    warning for people when it cannot be installed (a checkout must not fail for it)."""
-    from git_theta.gitio import hooks
-
-    try:
-        hooks.install_hook(cwd)
-    except (OSError, ThetaError) as exc:
-        return f"pre-push hook not installed: {exc}"
-    return ""
-
-
-class RepoFilter:
-    """clean and smudge for the files of one repository, as git's filter drivers call them."""
-
-    def __init__(self, cwd: Path | str = ".", lfs_dir: Path | None = None) -> None:
-        """``lfs_dir``: the repository's LFS directory when the caller has looked it up."""
-        from git_theta import config as config_module
-        from git_theta.gitio import git
-
-        self.cwd = Path(cwd)
-        self.config = config_module.load(cwd)
-        self.store = ObjectStore(lfs_dir if lfs_dir is not None else git.lfs_dir(cwd))
-        self._git = git
-        self.warning = _ensure_hook(self.cwd)
-
-    def clean_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
-        previous = self._git.index_blob(pathname, cwd=self.cwd) if pathname else None
-        out.write(clean(src, pathname or "<stdin>", self.store, self.config, previous))
-
-    def smudge_file(self, pathname: str, src: Path, out: BinaryIO) -> None:
-        data = src.read_bytes()
-        if self.config.skip_smudge:
-            out.write(data)
-            return
-        manifest = parse_if_manifest(data)
-        if manifest is not None and missing_objects(manifest, self.store):
-            from git_theta import remote
-
-            remote.fetch_missing([remote.Located(pathname, manifest)], self.store, cwd=self.cwd)
-        smudge(data, self.store, out, threads=self.config.threads)
-
-    def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
-        """A filter-process request."""
-        if command == "clean":
-            self.clean_file(pathname, src, out)
-        else:
-            self.smudge_file(pathname, src, out)

@@ -330,19 +330,22 @@ def test_unknown_compressor_is_refused() -> None:
 def test_compression_setting_from_git_config_and_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from git_theta import config
     from git_theta.errors import UsageError
+    from git_theta.repo import Repo
+
+    def settings():  # type: ignore[no-untyped-def]
+        return Repo.open(tmp_path).config
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    assert (config.load(tmp_path).compression, config.load(tmp_path).compression_level) == (
+    assert (settings().compression, settings().compression_level) == (
         "lz4",
         5,
     )
     subprocess.run(["git", "-C", str(tmp_path), "config", "theta.compression", "zstd"], check=True)
-    assert (config.load(tmp_path).compression, config.load(tmp_path).compression_level) == (
+    assert (settings().compression, settings().compression_level) == (
         "zstd",
         1,
     )
     monkeypatch.setenv("GIT_THETA_COMPRESSION", "snappy")
     with pytest.raises(UsageError, match="GIT_THETA_COMPRESSION='snappy' is not a compressor"):
-        config.load(tmp_path)
+        settings()

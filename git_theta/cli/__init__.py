@@ -13,11 +13,6 @@ from __future__ import annotations
 import sys
 
 
-def report(message: str) -> None:
-    """One line for people, on stderr."""
-    print(f"git-theta: {message}", file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``git-theta`` console script."""
     args = sys.argv[1:] if argv is None else argv

@@ -7,7 +7,7 @@ import os
 import click
 
 from git_theta import __version__
-from git_theta.cli import report
+from git_theta.cli.output import report
 from git_theta.errors import ThetaError
 
 

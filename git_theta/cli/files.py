@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -48,9 +49,10 @@ def ls_files() -> None:
     Columns: tensors, logical size (the tensors' bytes) and stored size (the distinct
     objects the manifest needs), then the path.
     """
-    from git_theta import inventory  # numpy and GitPython load only for this command
+    from git_theta import inventory  # numpy loads only for this command
+    from git_theta.repo import Repo
 
-    for item in inventory.tracked_files():
+    for item in inventory.tracked_files(Repo.open(Path.cwd())):
         if item.manifest is None:
             click.echo(f"{'-':>8} {'-':>10} {'-':>10}  {item.path}  ({item.problem})")
             continue

@@ -13,13 +13,19 @@ from pathlib import Path
 import click
 
 from git_theta.cli import serve
+from git_theta.cli.output import report
 
 
 def _one_shot(command: str, path: str) -> None:
     serve.single_threaded_blas()
-    from git_theta.filter import RepoFilter
+    from git_theta.driver import FilterDriver
+    from git_theta.repo import Repo
 
-    repo = RepoFilter()
+    repo = Repo.open(Path.cwd())
+    warning = repo.ensure_hook()
+    if warning:
+        report(f"warning: {warning}")
+    driver = FilterDriver(repo)
     with (
         tempfile.NamedTemporaryFile(prefix="theta-in-") as src,
         tempfile.TemporaryFile(prefix="theta-out-") as dst,
@@ -27,7 +33,7 @@ def _one_shot(command: str, path: str) -> None:
         shutil.copyfileobj(sys.stdin.buffer, src)
         src.flush()
         try:
-            repo.handle(command, path, Path(src.name), dst)
+            driver.handle(command, path, Path(src.name), dst)
         except Exception as exc:
             serve.on_error(command, path, exc)
             sys.exit(1)

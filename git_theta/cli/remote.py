@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from git_theta.cli import report
-from git_theta.gitio import git, hooks
+from git_theta.cli.output import report
 
 
 @click.command()
@@ -19,12 +19,10 @@ def fetch(remote: str | None, revs: tuple[str, ...]) -> None:
     REMOTE defaults to the one git-lfs would use (lfs.remote.default, the branch's
     upstream, origin). Objects already local are not downloaded again.
     """
-    from git_theta import remote as remote_lib
-    from git_theta.store import ObjectStore
+    from git_theta import transfer
+    from git_theta.repo import Repo
 
-    store = ObjectStore(git.lfs_dir())
-    located = remote_lib.revision_manifests(list(revs) or ["HEAD"])
-    count = remote_lib.fetch_missing(located, store, remote)
+    count = transfer.fetch_revisions(Repo.open(Path.cwd()), remote, list(revs))
     report(f"fetched {count} objects" if count else "all objects are already local")
 
 
@@ -38,9 +36,10 @@ def checkout(paths: tuple[str, ...]) -> None:
     after a clone made with GIT_THETA_SKIP_SMUDGE=1 or without git-theta installed.
     A file holding a checkpoint is never overwritten.
     """
-    from git_theta import remote as remote_lib
+    from git_theta import checkout as checkout_lib
+    from git_theta.repo import Repo
 
-    rebuilt = remote_lib.checkout(list(paths))
+    rebuilt = checkout_lib.checkout(Repo.open(Path.cwd()), list(paths))
     report(f"rebuilt {', '.join(rebuilt)}" if rebuilt else "nothing to rebuild")
 
 
@@ -55,11 +54,14 @@ def hook() -> None:
 def pre_push(remote: str, url: str) -> None:
     """Upload the objects the pushed commits need, then run the chained hook."""
     updates = sys.stdin.buffer.read()
-    from git_theta import remote as remote_lib
+    from git_theta import transfer
+    from git_theta.gitio import hooks
+    from git_theta.repo import Repo
 
-    count = remote_lib.push_objects(remote, updates.decode("utf-8", "surrogateescape"))
+    repo = Repo.open(Path.cwd())
+    count = transfer.push_objects(repo, remote, updates.decode("utf-8", "surrogateescape"))
     if count:
         report(f"uploaded the objects of {count} tensors to `{remote}`")
-    code = hooks.run_chained([remote, url], updates)
+    code = hooks.run_chained(repo.hooks_dir, repo.top, repo.uses_git_lfs, [remote, url], updates)
     if code:
         sys.exit(code)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
-from git_theta.cli import report
+from git_theta.cli.output import report
 
 
 def _describe(pathname: str, exc: BaseException) -> str:
@@ -61,29 +61,34 @@ def filter_process() -> NoReturn:
     # and once the filter is built they are set aside where later collections skip them
     gc.disable()
     from git_theta.gitio import filter_process as protocol
-    from git_theta.gitio import git
+    from git_theta.repo import Repo
 
-    filters: list[Any] = []
-    lfs_dir = functools.cache(git.lfs_dir)  # looked up once, at the first request
+    # the repository git runs the filter in, opened once at the first request (git does not
+    # wait on the git commands that takes), then the driver over it
+    repo = functools.cache(lambda: Repo.open(Path.cwd()))
+    drivers: list[Any] = []
 
     def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
-        if not filters:
+        if not drivers:
             try:
                 import tensorstore  # noqa: F401  (the codec's; loaded here, with the rest)
 
-                from git_theta.filter import RepoFilter
+                from git_theta.driver import FilterDriver
 
-                filters.append(RepoFilter(lfs_dir=lfs_dir()))
+                drivers.append(FilterDriver(repo()))
             finally:
                 gc.freeze()
                 gc.enable()
-            if filters[0].warning:
-                report(f"warning: {filters[0].warning}")
-        filters[0].handle(command, pathname, src, out)
+            # every repository the filter works in gets the pre-push hook: a clone made
+            # under a global install must not push commits whose objects stay behind
+            warning = repo().ensure_hook()
+            if warning:
+                report(f"warning: {warning}")
+        drivers[0].handle(command, pathname, src, out)
 
     code = 0
     try:
-        protocol.serve(handle, on_error, tmp_dir=lambda: lfs_dir() / "tmp")
+        protocol.serve(handle, on_error, tmp_dir=lambda: repo().store.tmp_dir)
     except ThetaError as exc:
         report(f"error: {exc}")
         code = exc.exit_code

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from git_theta.cli.options import scope_option
 from git_theta.errors import HookError
 from git_theta.gitio import hooks
 from git_theta.gitio import setup as setup_lib
+from git_theta.repo import Repo
+
+
+def _repo(scope: str) -> Repo | None:
+    """The repository here; required for --local (raises NotARepositoryError)."""
+    return Repo.open(Path.cwd()) if scope == "local" else Repo.find(Path.cwd())
 
 
 @click.command()
@@ -19,12 +27,13 @@ def install(scope: str) -> None:
     filter.theta.smudge (one-shot forms of the same code) and filter.theta.required.
     Needs git-lfs. Default scope: --global.
     """
-    keys = setup_lib.install(scope)
+    repo = _repo(scope)
+    keys = setup_lib.install(scope, repo.top if repo else None)
     click.echo(f"git-theta installed ({scope} config: {', '.join(keys)})", err=True)
-    if setup_lib.in_repository():
+    if repo is not None:
         try:
-            if hooks.install_hook():
-                click.echo(f"git-theta: pre-push hook installed in {hooks.hooks_dir()}", err=True)
+            if repo.install_hook():
+                click.echo(f"git-theta: pre-push hook installed in {repo.hooks_dir}", err=True)
         except (HookError, OSError) as exc:
             click.echo(f"git-theta: warning: pre-push hook not installed: {exc}", err=True)
 
@@ -33,12 +42,14 @@ def install(scope: str) -> None:
 @scope_option
 def uninstall(scope: str) -> None:
     """Remove exactly what `git theta install` added to git config."""
-    keys = setup_lib.uninstall(scope)
+    repo = _repo(scope)
+    keys = setup_lib.uninstall(scope, repo.top if repo else None)
     # the hook stays while the filter is still configured at another scope: objects it
     # stores must still reach the remote on push
-    in_repo = setup_lib.in_repository()
-    if in_repo and not setup_lib.is_installed() and hooks.uninstall_hook():
-        click.echo(f"git-theta: pre-push hook removed from {hooks.hooks_dir()}", err=True)
+    if repo is not None:
+        repo.reload_config()
+        if not repo.filter_installed and hooks.uninstall_hook(repo.hooks_dir):
+            click.echo(f"git-theta: pre-push hook removed from {repo.hooks_dir}", err=True)
     if keys:
         click.echo(f"git-theta uninstalled ({scope} config: removed {', '.join(keys)})", err=True)
     else:

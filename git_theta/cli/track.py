@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from git_theta.cli import report
+from git_theta.cli.output import report
 from git_theta.errors import HookError
-from git_theta.gitio import attributes, hooks
-from git_theta.gitio.setup import is_installed
+from git_theta.gitio import attributes
+from git_theta.repo import Repo
 
 
 @click.command()
@@ -18,19 +20,20 @@ def track(patterns: tuple[str, ...]) -> None:
     Adds `PATTERN filter=theta diff=theta merge=theta -text` to the repository's root
     .gitattributes (patterns are git's: `model.pt`, `*.safetensors`, `ckpt/**`).
     """
-    added, present = attributes.track(list(patterns))
+    repo = Repo.open(Path.cwd())
+    added, present = attributes.track(repo.top, repo.prefix, list(patterns))
     for pattern in added:
         report(f"tracking {pattern!r}")
     for pattern in present:
         report(f"{pattern!r} is already tracked")
-    matched = attributes.theta_paths(attributes.candidate_files())
+    matched = repo.theta_paths(attributes.candidate_files(repo.top))
     if matched:
         report("files now stored with git-theta: " + ", ".join(matched))
         report("run `git add .gitattributes " + " ".join(matched) + "` to stage them")
-    if not is_installed():
+    if not repo.filter_installed:
         report("warning: git-theta's filter is not configured here: run `git theta install`")
     try:
-        hooks.install_hook()
+        repo.install_hook()
     except (HookError, OSError) as exc:
         report(f"warning: pre-push hook not installed: {exc}")
 
@@ -42,5 +45,6 @@ def untrack(patterns: tuple[str, ...]) -> None:
 
     Removes their lines from .gitattributes; files already committed keep their history.
     """
-    for pattern in attributes.untrack(list(patterns)):
+    repo = Repo.open(Path.cwd())
+    for pattern in attributes.untrack(repo.top, repo.prefix, list(patterns)):
         report(f"untracked {pattern!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from git_theta.errors import UsageError
@@ -15,17 +14,18 @@ def _attributes_file(top: Path) -> Path:
     return top / ".gitattributes"
 
 
-def _root_pattern(pattern: str, top: Path, cwd: Path) -> str:
-    """``pattern`` as written in the root ``.gitattributes`` (relative to the work tree root)."""
+def _root_pattern(pattern: str, prefix: str) -> str:
+    """``pattern`` given in directory ``prefix`` (relative to the work tree root, "" at the
+    root), as written in the root ``.gitattributes``."""
     if not pattern or any(c.isspace() for c in pattern) or pattern.startswith(("#", "!")):
         raise UsageError(
             f"pattern {pattern!r} cannot be written to .gitattributes "
             "(no whitespace, and it may not start with # or !)"
         )
-    rel = os.path.relpath(cwd.resolve(), top.resolve())
-    if rel == "." or pattern.startswith("/"):
+    rel = prefix.strip("/")
+    if not rel or pattern.startswith("/"):
         return pattern
-    return f"/{Path(rel).as_posix()}/{pattern}"
+    return f"/{rel}/{pattern}"
 
 
 def _lines(path: Path) -> list[str]:
@@ -37,15 +37,14 @@ def _is_theta_line(line: str, pattern: str) -> bool:
     return bool(fields) and fields[0] == pattern and "filter=theta" in fields[1:]
 
 
-def track(patterns: list[str], cwd: Path | str = ".") -> tuple[list[str], list[str]]:
-    """Append a line per new pattern; returns (added patterns, already tracked patterns)."""
-    cwd = Path(cwd)
-    top = git.toplevel(cwd)
+def track(top: Path, prefix: str, patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Append a line per new pattern (given in directory ``prefix`` of the work tree at
+    ``top``); returns (added patterns, already tracked patterns)."""
     path = _attributes_file(top)
     lines = _lines(path)
     added, present = [], []
     for raw in patterns:
-        pattern = _root_pattern(raw, top, cwd)
+        pattern = _root_pattern(raw, prefix)
         if any(line.split() == [pattern, *ATTRIBUTES.split()] for line in lines):
             present.append(pattern)
             continue
@@ -56,15 +55,13 @@ def track(patterns: list[str], cwd: Path | str = ".") -> tuple[list[str], list[s
     return added, present
 
 
-def untrack(patterns: list[str], cwd: Path | str = ".") -> list[str]:
+def untrack(top: Path, prefix: str, patterns: list[str]) -> list[str]:
     """Remove the git-theta lines of ``patterns``; raises UsageError for one not tracked."""
-    cwd = Path(cwd)
-    top = git.toplevel(cwd)
     path = _attributes_file(top)
     lines = _lines(path)
     removed = []
     for raw in patterns:
-        pattern = _root_pattern(raw, top, cwd)
+        pattern = _root_pattern(raw, prefix)
         kept = [line for line in lines if not _is_theta_line(line, pattern)]
         if len(kept) == len(lines):
             raise UsageError(f"{raw!r} is not tracked by git-theta in {path}")
@@ -74,21 +71,20 @@ def untrack(patterns: list[str], cwd: Path | str = ".") -> list[str]:
     return removed
 
 
-def theta_paths(paths: list[str], cwd: Path | str = ".") -> list[str]:
+def theta_paths(top: Path, paths: list[str]) -> list[str]:
     """Those of ``paths`` (relative to the work tree root) that git filters with git-theta."""
     if not paths:
         return []
     proc = git.run(
         ["check-attr", "-z", "--stdin", "filter"],
-        cwd=cwd,
+        top,
         input="".join(p + "\0" for p in paths).encode(),
     )
     fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
     return [fields[i] for i in range(0, len(fields) - 2, 3) if fields[i + 2] == "theta"]
 
 
-def candidate_files(cwd: Path | str = ".") -> list[str]:
+def candidate_files(top: Path) -> list[str]:
     """Files in the index or untracked-but-not-ignored, relative to the work tree root."""
-    top = git.toplevel(cwd)
-    proc = git.run(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=top)
+    proc = git.run(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], top)
     return sorted({p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p})

@@ -1,12 +1,18 @@
-"""Running git and git-lfs, and finding a repository's directories."""
+"""Running git, finding a repository's directories, reading its config and index.
+
+Every function takes the work tree's top directory (``top``) it runs git in; ``None`` runs
+git outside any repository (``git config --global``, ``git lfs version``). The index and
+objects are read through git's plumbing, never by parsing git's files, so SHA-256
+repositories and every index version work alike.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
-from functools import cache
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from git_theta.errors import GitError, GitLfsMissingError, NotARepositoryError
@@ -14,16 +20,17 @@ from git_theta.errors import GitError, GitLfsMissingError, NotARepositoryError
 
 def run(
     args: list[str],
-    cwd: Path | str | None = None,
+    top: Path | None,
     input: bytes | None = None,
     check: bool = True,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``git ARGS``; raises GitError naming the command when it fails and ``check``."""
+    """Run ``git ARGS`` in ``top``; raises GitError naming the command when it fails and
+    ``check``."""
     try:
         proc = subprocess.run(
             ["git", *args],
-            cwd=cwd,
+            cwd=top,
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
@@ -36,65 +43,120 @@ def run(
     return proc
 
 
-def output(args: list[str], cwd: Path | str | None = None) -> str:
+def output(args: list[str], top: Path | None) -> str:
     """Standard output of ``git ARGS``, stripped."""
-    return run(args, cwd=cwd).stdout.decode().strip()
+    return run(args, top).stdout.decode().strip()
 
 
-def toplevel(cwd: Path | str = ".") -> Path:
-    """The work tree root of the repository around ``cwd``."""
-    proc = run(["rev-parse", "--show-toplevel"], cwd=cwd, check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise NotARepositoryError(str(Path(cwd).resolve()))
-    return Path(proc.stdout.decode().strip())
+def decode_path(data: bytes) -> str:
+    """A path as git prints it (bytes that need not be UTF-8, kept by surrogate escapes)."""
+    return data.decode("utf-8", "surrogateescape")
 
 
-@cache
-def _common_dir(cwd: str) -> Path:
-    proc = run(["rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=cwd, check=False)
-    if proc.returncode != 0:
-        raise NotARepositoryError(str(Path(cwd).resolve()))
-    return Path(proc.stdout.decode().strip())
+@dataclass(frozen=True)
+class Location:
+    """Where a repository's parts are, as ``git rev-parse`` reports them."""
+
+    top: Path  # the work tree's root
+    git_dir: Path  # this worktree's git directory
+    common_dir: Path  # shared by every worktree: objects, refs, lfs
+    hooks_dir: Path  # where git runs hooks from (core.hooksPath or <common dir>/hooks)
+    object_format: str  # "sha1" or "sha256"
+    prefix: str  # the starting directory relative to ``top`` ("" at the top, else "a/b/")
 
 
-def common_dir(cwd: Path | str = ".") -> Path:
-    """The repository's common git directory (shared by all its worktrees)."""
-    return _common_dir(str(Path(cwd).resolve()))
+def locate(start: Path) -> Location:
+    """The repository around ``start``, in one ``git rev-parse``; raises NotARepositoryError
+    outside a work tree."""
+    proc = run(
+        [
+            "rev-parse",
+            "--path-format=absolute",
+            "--show-toplevel",
+            "--absolute-git-dir",
+            "--git-common-dir",
+            "--git-path",
+            "hooks",
+            "--show-object-format",
+            "--show-prefix",
+        ],
+        start,
+        check=False,
+    )
+    lines = decode_path(proc.stdout).split("\n")
+    if proc.returncode != 0 or len(lines) < 6 or not lines[0]:
+        raise NotARepositoryError(str(start.resolve()))
+    top, git_dir, common, hooks, fmt, prefix = lines[:6]
+    return Location(Path(top), Path(git_dir), Path(common), Path(hooks), fmt, prefix)
 
 
-def lfs_dir(cwd: Path | str = ".") -> Path:
-    """Where git-lfs keeps objects for this repository (``lfs.storage`` or ``.git/lfs``)."""
-    proc = run(["config", "--get", "lfs.storage"], cwd=cwd, check=False)
-    configured = proc.stdout.decode().strip()
-    base = common_dir(cwd)
-    if configured:
-        path = Path(configured).expanduser()
-        return path if path.is_absolute() else base / path
-    return base / "lfs"
+def read_config(top: Path | None) -> dict[str, str]:
+    """Every git config value in effect (all scopes, ``git -c`` and includes), by key as git
+    lists it (section and name lowercased); the last of several values wins, as in git."""
+    proc = run(["config", "--null", "--list"], top, check=False)
+    values: dict[str, str] = {}
+    for entry in decode_path(proc.stdout).split("\0"):
+        if entry:
+            key, newline, value = entry.partition("\n")
+            values[key] = value if newline else "true"  # `[core] bare` alone means true
+    return values
 
 
-def index_blob(path: str, cwd: Path | str = ".") -> bytes | None:
+def index_blob(top: Path, path: str) -> bytes | None:
     """The content of ``path``'s blob in the index (stage 0), or None if it is not there."""
-    proc = run(["cat-file", "blob", f":{path}"], cwd=cwd, check=False)
+    proc = run(["cat-file", "blob", f":{path}"], top, check=False)
     return proc.stdout if proc.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One entry of the index: mode, blob id, merge stage (0, or 1-3 while conflicted), path
+    relative to the work tree's root."""
+
+    mode: str
+    blob: str
+    stage: int
+    path: str
+
+
+_NOT_FILES = ("040000", "160000")  # sparse-index directories and submodule commits
+
+
+def index_entries(
+    top: Path, pathspecs: Iterable[str] = (), at: Path | None = None
+) -> list[IndexEntry]:
+    """Entries of the index of the worktree at ``top`` (every stage), through
+    ``git ls-files -s``; ``pathspecs`` are read relative to ``at`` (default ``top``)."""
+    args = ["ls-files", "-s", "-z", "--full-name", "--", *pathspecs]
+    listing = decode_path(run(args, at or top).stdout)
+    entries = []
+    for record in listing.split("\0"):
+        meta, _, path = record.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[0] not in _NOT_FILES:
+            entries.append(IndexEntry(fields[0], fields[1], int(fields[2]), path))
+    return entries
 
 
 def require_lfs() -> str:
     """The ``git lfs version`` line; raises GitLfsMissingError when git-lfs is missing."""
-    proc = run(["lfs", "version"], check=False)
+    proc = run(["lfs", "version"], None, check=False)
     if proc.returncode != 0:
         raise GitLfsMissingError()
     return proc.stdout.decode().strip()
 
 
 def blobs_starting_with(
-    shas: list[str], prefix: bytes, cwd: Path | str = "."
+    shas: list[str], prefix: bytes | tuple[bytes, ...], top: Path
 ) -> Iterator[tuple[str, bytes]]:
-    """(sha, content) of those blobs whose content starts with ``prefix``, read through one
-    ``git cat-file --batch``; the others are read past in pieces and dropped."""
+    """(sha, content) of those blobs whose content starts with ``prefix`` (or one of several),
+    read through one ``git cat-file --batch``; the others are read past in pieces and
+    dropped, so memory holds one matching blob at most."""
+    prefixes = (prefix,) if isinstance(prefix, bytes) else prefix
+    head_size = max(len(p) for p in prefixes)
     proc = subprocess.Popen(
         ["git", "cat-file", "--batch"],
-        cwd=cwd,
+        cwd=top,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -118,8 +180,8 @@ def blobs_starting_with(
             if len(header) != 3:  # "<sha> missing"
                 continue
             sha, size = header[0].decode(), int(header[2])
-            head = proc.stdout.read(min(size, len(prefix)))
-            if head == prefix:
+            head = proc.stdout.read(min(size, head_size))
+            if head.startswith(prefixes):
                 yield sha, head + proc.stdout.read(size - len(head))
             else:
                 left = size - len(head)

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from git_theta.errors import HookError
-from git_theta.gitio import git
 
 MARKER = "# git-theta pre-push hook"
 CHAINED_SUFFIX = ".pre-theta"
@@ -30,12 +29,6 @@ exec git-theta hook pre-push "$@"
 """
 
 
-def hooks_dir(cwd: Path | str = ".") -> Path:
-    """Where git looks for hooks (``core.hooksPath`` or ``.git/hooks``)."""
-    path = git.output(["rev-parse", "--path-format=absolute", "--git-path", "hooks"], cwd=cwd)
-    return Path(path)
-
-
 def _is_ours(path: Path) -> bool:
     try:
         return MARKER in path.read_text(errors="replace")
@@ -43,14 +36,16 @@ def _is_ours(path: Path) -> bool:
         return False
 
 
-def install_hook(cwd: Path | str = ".") -> bool:
-    """Install the pre-push hook unless it is there; returns whether anything changed."""
-    directory = hooks_dir(cwd)
+def install_hook(hooks_dir: Path, common_dir: Path) -> bool:
+    """Install the pre-push hook in ``hooks_dir`` unless it is there; returns whether
+    anything changed. Raises HookError when that would lose another hook, or when hooks
+    come from outside the repository's ``common_dir`` (``core.hooksPath``)."""
+    directory = hooks_dir
     hook = directory / "pre-push"
     if _is_ours(hook):
         return False
     manual = f'make {hook} run `git-theta hook pre-push "$@"`, or pushes will not upload tensors'
-    if not directory.resolve().is_relative_to(git.common_dir(cwd).resolve()):
+    if not directory.resolve().is_relative_to(common_dir.resolve()):
         raise HookError(
             f"hooks come from core.hooksPath ({directory}), which git-theta "
             f"does not change: {manual}"
@@ -74,13 +69,12 @@ def install_hook(cwd: Path | str = ".") -> bool:
     return True
 
 
-def uninstall_hook(cwd: Path | str = ".") -> bool:
+def uninstall_hook(hooks_dir: Path) -> bool:
     """Remove our hook and put back the one it replaced; returns whether anything changed."""
-    directory = hooks_dir(cwd)
-    hook = directory / "pre-push"
+    hook = hooks_dir / "pre-push"
     if not _is_ours(hook):
         return False
-    chained = directory / ("pre-push" + CHAINED_SUFFIX)
+    chained = hooks_dir / ("pre-push" + CHAINED_SUFFIX)
     if chained.exists() or chained.is_symlink():
         os.replace(chained, hook)
     else:
@@ -88,14 +82,14 @@ def uninstall_hook(cwd: Path | str = ".") -> bool:
     return True
 
 
-def run_chained(args: list[str], stdin: bytes, cwd: Path | str = ".") -> int:
+def run_chained(hooks_dir: Path, top: Path, lfs_filter: bool, args: list[str], stdin: bytes) -> int:
     """Run the hook that was replaced (or ``git lfs pre-push`` when the repository uses
-    git-lfs and nothing was replaced); returns its exit code."""
-    chained = hooks_dir(cwd) / ("pre-push" + CHAINED_SUFFIX)
+    git-lfs, ``lfs_filter``, and nothing was replaced); returns its exit code."""
+    chained = hooks_dir / ("pre-push" + CHAINED_SUFFIX)
     if chained.exists() and os.access(chained, os.X_OK):
         command = [str(chained), *args]
-    elif git.run(["config", "--get", "filter.lfs.process"], cwd=cwd, check=False).returncode == 0:
+    elif lfs_filter:
         command = ["git", "lfs", "pre-push", *args]
     else:
         return 0
-    return subprocess.run(command, cwd=cwd, input=stdin, stdout=sys.stderr).returncode
+    return subprocess.run(command, cwd=top, input=stdin, stdout=sys.stderr).returncode

@@ -21,45 +21,35 @@ def _scope_args(scope: str) -> list[str]:
     return [f"--{scope}"]
 
 
-def install(scope: str, cwd: Path | str = ".") -> list[str]:
-    """Write the filter driver to git config at ``scope``; returns the keys written."""
+def install(scope: str, top: Path | None) -> list[str]:
+    """Write the filter driver to git config at ``scope`` (``local``: of the repository at
+    ``top``); returns the keys written."""
     git.require_lfs()
-    if scope == "local":
-        git.toplevel(cwd)
     for key, value in FILTER_KEYS.items():
-        git.run(["config", *_scope_args(scope), key, value], cwd=cwd)
+        git.run(["config", *_scope_args(scope), key, value], top)
     return list(FILTER_KEYS)
 
 
-def uninstall(scope: str, cwd: Path | str = ".") -> list[str]:
+def uninstall(scope: str, top: Path | None) -> list[str]:
     """Remove the keys ``install`` wrote (only while they still hold its values)."""
-    if scope == "local":
-        git.toplevel(cwd)
     removed = []
     for key, value in FILTER_KEYS.items():
-        current = git.run(["config", *_scope_args(scope), "--get", key], cwd=cwd, check=False)
+        current = git.run(["config", *_scope_args(scope), "--get", key], top, check=False)
         if current.returncode == 0 and current.stdout.decode().strip() == value:
-            git.run(["config", *_scope_args(scope), "--unset", key], cwd=cwd)
+            git.run(["config", *_scope_args(scope), "--unset", key], top)
             removed.append(key)
     section = git.run(
-        ["config", *_scope_args(scope), "--get-regexp", r"^filter\.theta\."], cwd=cwd, check=False
+        ["config", *_scope_args(scope), "--get-regexp", r"^filter\.theta\."], top, check=False
     )
     if section.returncode != 0:  # nothing of the section left: drop its empty header
         git.run(
             ["config", *_scope_args(scope), "--remove-section", "filter.theta"],
-            cwd=cwd,
+            top,
             check=False,
         )
     return removed
 
 
-def is_installed(cwd: Path | str = ".") -> bool:
-    """Whether the filter driver is configured for the repository around ``cwd``."""
-    proc = git.run(["config", "--get", "filter.theta.process"], cwd=cwd, check=False)
-    return proc.returncode == 0 and bool(proc.stdout.strip())
-
-
-def in_repository(cwd: Path | str = ".") -> bool:
-    """Whether ``cwd`` is inside a git work tree."""
-    proc = git.run(["rev-parse", "--is-inside-work-tree"], cwd=cwd, check=False)
-    return proc.returncode == 0 and proc.stdout.strip() == b"true"
+def is_installed(values: dict[str, str]) -> bool:
+    """Whether git config ``values`` (``git.read_config``) configure git-theta's filter."""
+    return bool(values.get("filter.theta.process", "").strip())

@@ -1,0 +1,55 @@
+"""The filter driver: git's clean and smudge requests for the files of one repository.
+
+Used by the long-running ``filter-process`` and the one-shot ``clean``/``smudge``
+commands alike. It wires the repository's index, store, settings and remote to the pure
+``filter.clean`` / ``filter.smudge``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO
+
+from git_theta import filter as theta_filter
+from git_theta.history import Located
+from git_theta.manifest import Manifest, parse_if_manifest
+from git_theta.repo import Repo
+from git_theta.transfer import fetch_missing
+
+
+class FilterDriver:
+    """clean and smudge for the files of ``repo``, as git's filter drivers call them."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+
+    def clean(self, pathname: str, src: Path, out: BinaryIO) -> None:
+        """Checkpoint at ``src`` -> its manifest on ``out``, reusing the records of the
+        manifest the index holds for ``pathname``."""
+        previous = self.repo.index_blob(pathname) if pathname else None
+        manifest = theta_filter.clean(
+            src, previous, self.repo.store, self.repo.config, name=pathname or "<stdin>"
+        )
+        out.write(manifest)
+
+    def smudge(self, pathname: str, src: Path, out: BinaryIO) -> None:
+        """Manifest at ``src`` -> the checkpoint on ``out`` (fetching missing objects in one
+        batch). Content that is not a manifest, or any content under ``skipSmudge``, is
+        written unchanged."""
+        data = src.read_bytes()
+        manifest = None if self.repo.config.skip_smudge else parse_if_manifest(data)
+        if manifest is None:
+            out.write(data)
+            return
+
+        def fetch(needed: Manifest) -> None:
+            fetch_missing(self.repo, [Located(pathname, needed)])
+
+        theta_filter.smudge(manifest, self.repo.store, out, self.repo.config, fetch=fetch)
+
+    def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+        """A filter-process request."""
+        if command == "clean":
+            self.clean(pathname, src, out)
+        else:
+            self.smudge(pathname, src, out)
