@@ -1,4 +1,6 @@
-"""Manifests found in git: in the commits a push sends, in the trees of revisions.
+"""Manifests found in git: in the commits a push sends, in the trees of revisions, or in
+everything the repository keeps. The history scanner (``gitio.scan``) says which blobs are
+where; this module keeps the ones that are manifests.
 
 Everything here is derived from the manifests in the commits themselves, so it works for
 commits made anywhere (clones, merges, rebases, cherry-picks) with no bookkeeping.
@@ -10,16 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from git_theta.errors import ManifestError
-from git_theta.gitio import git
+from git_theta.gitio import scan
 from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
-
-MANIFEST_LIMIT = 64 << 20  # no manifest is this big; larger blobs are not read
-
-
-def _is_zero(sha: str) -> bool:
-    """git's null object id (40 zeros, or 64 in a SHA-256 repository)."""
-    return set(sha) == {"0"}
 
 
 @dataclass(frozen=True)
@@ -28,95 +23,53 @@ class Located:
 
     where: str
     manifest: Manifest
+    blob: str = ""  # its blob id, when it was found in history
 
 
-def _read_blobs(repo: Repo, shas: Iterable[str]) -> dict[str, bytes]:
-    """Contents of the blobs among ``shas`` that could be manifests: small enough and
-    starting with ``{``. Others are skipped as they stream by, so memory holds one at most."""
-    shas = sorted(set(shas))
-    if not shas:
-        return {}
-    check = repo.git(
-        ["cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
-        input="".join(s + "\n" for s in shas).encode(),
-    )
-    small = []
-    for line in check.stdout.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "blob" and int(parts[2]) <= MANIFEST_LIMIT:
-            small.append(parts[0])
-    return dict(git.blobs_starting_with(small, b"{", repo.top))
-
-
-def _manifests(repo: Repo, found: dict[str, str]) -> list[Located]:
-    """Parse the blobs ``found`` (blob sha -> where) that are manifests."""
+def _manifests(blobs: Iterable[scan.Blob]) -> list[Located]:
+    """The blobs that are manifests, parsed (damaged ones are left out)."""
     located = []
-    for sha, data in _read_blobs(repo, found).items():
-        if not looks_like_manifest(data):
+    for found in blobs:
+        if not looks_like_manifest(found.data):
             continue
         try:
-            manifest = parse_if_manifest(data)
+            manifest = parse_if_manifest(found.data)
         except ManifestError:
             continue
         if manifest is not None:
-            located.append(Located(found[sha], manifest))
+            located.append(Located(found.where, manifest, found.blob))
     return located
 
 
 def pushed(repo: Repo, remote: str, updates: str) -> list[Located]:
     """Manifests in commits a push sends: ``updates`` is the pre-push hook's standard input
-    (``<local ref> <local sha> <remote ref> <remote sha>`` per line)."""
+    (``<local ref> <local sha> <remote ref> <remote sha>`` per line).
+
+    Manifests at any path count, not only at paths git-theta's attributes name today: a
+    commit made under other attributes must not reach the remote without its objects.
+    """
     tips, exclude = [], []
     for line in updates.splitlines():
         fields = line.split()
-        if len(fields) != 4 or _is_zero(fields[1]):
+        if len(fields) != 4 or scan.is_null(fields[1]):
             continue
         tips.append(fields[1])
-        if (
-            not _is_zero(fields[3])
-            and repo.git(["cat-file", "-e", fields[3] + "^{commit}"], check=False).returncode == 0
-        ):
-            exclude.append(fields[3])
-    if not tips:
-        return []
-    log = git.decode_path(
-        repo.git(
-            [
-                "log",
-                "--format=%x00%H",
-                "--raw",
-                "--no-abbrev",
-                "--root",
-                "-m",
-                "--no-renames",
-                *tips,
-                "--not",
-                f"--remotes={remote}",
-                *exclude,
-                "--",
-            ]
-        ).stdout
-    )
-    found: dict[str, str] = {}
-    commit = ""
-    for line in log.splitlines():
-        if line.startswith("\0"):
-            commit = line[1:]
-        elif line.startswith(":"):
-            meta, _, path = line.partition("\t")
-            new_sha = meta.split()[3]
-            if not _is_zero(new_sha):
-                found.setdefault(new_sha, f"{path} in {commit[:10]}")
-    return _manifests(repo, found)
+        remote_sha = fields[3]
+        if not scan.is_null(remote_sha) and _is_commit(repo, remote_sha):
+            exclude.append(remote_sha)
+    return _manifests(scan.scan_range(repo.top, tips, exclude, remote, theta_only=False))
+
+
+def _is_commit(repo: Repo, sha: str) -> bool:
+    return repo.git(["cat-file", "-e", sha + "^{commit}"], check=False).returncode == 0
 
 
 def at_revisions(repo: Repo, revs: list[str]) -> list[Located]:
     """Manifests of the git-theta files in the trees of ``revs``."""
-    found: dict[str, str] = {}
-    for rev in revs:
-        listing = git.decode_path(repo.git(["ls-tree", "-r", "-z", rev]).stdout)
-        entries = [e for e in listing.split("\0") if e]
-        paths = {e.split("\t", 1)[1]: e.split()[2] for e in entries if e.split()[1] == "blob"}
-        for path in repo.theta_paths(paths):
-            found.setdefault(paths[path], f"{path} at {rev}")
-    return _manifests(repo, found)
+    return _manifests(scan.scan_trees(repo.top, revs))
+
+
+def everything(repo: Repo, theta_only: bool = False) -> list[Located]:
+    """Every manifest anything in the repository keeps: refs, reflogs, stashes, the index of
+    every worktree (see ``gitio.scan.scan_all``)."""
+    return _manifests(scan.scan_all(repo.top, theta_only=theta_only))

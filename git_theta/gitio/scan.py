@@ -1,0 +1,205 @@
+"""The history scanner: which blobs a part of history holds, where, and their contents.
+
+Push, fetch, gc, fsck and diff all find their manifests through it. Three scopes:
+
+- ``scan_range``: the commits reachable from some tips and not from others (what a push
+  sends), each blob at the first commit and path that introduce it;
+- ``scan_trees``: the trees of some revisions (what a checkout of them needs);
+- ``scan_all``: everything the repository keeps: every ref (branches, tags,
+  remote-tracking branches, notes, the stash), every reflog entry (so commits of a deleted
+  branch that HEAD's reflog still names, and every stash entry), the HEAD of every worktree
+  and the index of every worktree, conflicted stages 1-3 included.
+
+Paths are filtered with ``git check-attr --stdin`` (``theta_only``: the paths git filters
+with git-theta by today's attributes); blobs are read through one ``git cat-file --batch``,
+only those no larger than ``limit`` that start with ``prefix``, so memory holds one blob at
+a time. Each blob is yielded once. Knows nothing of manifests' meaning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from git_theta.gitio import attributes, git
+
+DEFAULT_LIMIT = 64 << 20
+_NOT_FILES = ("040000", "160000")  # trees and submodule commits hold no file content
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob found in history: the commit it was found at (a commit id, or ``""`` for an
+    index entry), its path, its id and its content."""
+
+    commit: str
+    path: str
+    blob: str
+    data: bytes
+    index_of: Path | None = None  # the worktree whose index holds it
+    stage: int = 0  # an index entry's merge stage (1-3 while conflicted)
+
+    @property
+    def where(self) -> str:
+        """Where it was found, for messages."""
+        if self.index_of is None:
+            return f"{self.path} in {self.commit[:10]}"
+        stage = f", merge stage {self.stage}" if self.stage else ""
+        return f"{self.path} in the index of {self.index_of}{stage}"
+
+
+@dataclass(frozen=True)
+class _Ref:
+    commit: str
+    path: str
+    blob: str
+    index_of: Path | None = None
+    stage: int = 0
+
+
+def is_null(sha: str) -> bool:
+    """git's null object id (40 zeros, or 64 in a SHA-256 repository)."""
+    return set(sha) == {"0"}
+
+
+def scan_range(
+    top: Path,
+    tips: list[str],
+    exclude: Iterable[str] = (),
+    exclude_remote: str | None = None,
+    theta_only: bool = True,
+    prefix: bytes = b"{",
+    limit: int = DEFAULT_LIMIT,
+) -> Iterator[Blob]:
+    """Blobs in commits reachable from ``tips`` and not from ``exclude`` (nor from the
+    remote-tracking branches of ``exclude_remote``)."""
+    if not tips:
+        return
+    negative = [f"--remotes={exclude_remote}"] if exclude_remote else []
+    refs = _log(top, [*tips, "--not", *negative, *exclude])
+    yield from _read(top, refs, theta_only, prefix, limit)
+
+
+def scan_trees(
+    top: Path,
+    revs: list[str],
+    theta_only: bool = True,
+    prefix: bytes = b"{",
+    limit: int = DEFAULT_LIMIT,
+) -> Iterator[Blob]:
+    """Blobs in the trees of ``revs`` (each a commit or anything naming a tree)."""
+    refs = []
+    for rev in revs:
+        listing = git.decode_path(git.run(["ls-tree", "-r", "-z", "--full-tree", rev], top).stdout)
+        for entry in listing.split("\0"):
+            meta, _, path = entry.partition("\t")
+            fields = meta.split()
+            if len(fields) == 3 and fields[1] == "blob":
+                refs.append(_Ref(rev, path, fields[2]))
+    yield from _read(top, refs, theta_only, prefix, limit)
+
+
+def scan_all(
+    top: Path, theta_only: bool = True, prefix: bytes = b"{", limit: int = DEFAULT_LIMIT
+) -> Iterator[Blob]:
+    """Blobs that anything in the repository keeps (see the module's docstring)."""
+    refs = _indexes(top) + _log(top, ["--all", "--reflog"])
+    yield from _read(top, refs, theta_only, prefix, limit)
+
+
+def _log(top: Path, args: list[str]) -> list[_Ref]:
+    """Blobs that the commits ``git log ARGS`` walks introduce, each at the first commit (in
+    git's walk order) it appears at under each of its paths. Every blob of every walked commit's tree is
+    among them, or in a parent's tree the walk excludes: merges are compared with each
+    parent (``-m``), root commits with the empty tree (``--root``)."""
+    out = git.run(
+        [
+            "log",
+            "--format=commit %H",
+            "--raw",
+            "-z",
+            "--no-abbrev",
+            "--root",
+            "-m",
+            "--no-renames",
+            "--no-textconv",
+            "--no-ext-diff",
+            *args,
+            "--",
+        ],
+        top,
+    ).stdout
+    refs: dict[tuple[str, str], _Ref] = {}  # by (blob, path): the path filter comes later
+    commit = ""
+    # with -z: "commit <id>" ends with a NUL (a newline may lead the field after it), then
+    # per changed file ":<modes> <ids> <status>" and the path, each ended by a NUL
+    fields = iter(git.decode_path(out).split("\0"))
+    for field in fields:
+        field = field.lstrip("\n")
+        if field.startswith("commit "):
+            commit = field[len("commit ") :].strip()
+            continue
+        if not field.startswith(":"):
+            continue
+        meta = field[1:].split()
+        path = next(fields, "")
+        if len(meta) < 5 or meta[1] in _NOT_FILES or is_null(meta[3]):
+            continue
+        refs.setdefault((meta[3], path), _Ref(commit, path, meta[3]))
+    return list(refs.values())
+
+
+def _worktrees(top: Path) -> list[Path]:
+    """The work trees of the repository (this one included) that exist on disk."""
+    listing = git.decode_path(git.run(["worktree", "list", "--porcelain", "-z"], top).stdout)
+    paths = []
+    for field in listing.split("\0"):
+        if field.startswith("worktree "):
+            path = Path(field[len("worktree ") :])
+            if (path / ".git").exists():
+                paths.append(path)
+    return paths
+
+
+def _indexes(top: Path) -> list[_Ref]:
+    """Every entry (all stages) of the index of every worktree."""
+    refs = []
+    for place in _worktrees(top):
+        for entry in git.index_entries(place):
+            refs.append(_Ref("", entry.path, entry.blob, place, entry.stage))
+    return refs
+
+
+def _read(
+    top: Path, refs: list[_Ref], theta_only: bool, prefix: bytes, limit: int
+) -> Iterator[Blob]:
+    """The blobs of ``refs`` at git-theta paths (when ``theta_only``), of at most ``limit``
+    bytes and starting with ``prefix``, each once (at its first ref)."""
+    if theta_only:
+        wanted = set(attributes.theta_paths(top, sorted({r.path for r in refs})))
+        refs = [r for r in refs if r.path in wanted]
+    first: dict[str, _Ref] = {}
+    for ref in refs:
+        first.setdefault(ref.blob, ref)
+    small = _blobs_within(top, sorted(first), limit)
+    for blob, data in git.blobs_starting_with(small, prefix, top):
+        ref = first[blob]
+        yield Blob(ref.commit, ref.path, blob, data, ref.index_of, ref.stage)
+
+
+def _blobs_within(top: Path, shas: list[str], limit: int) -> list[str]:
+    """Those of ``shas`` that are blobs of at most ``limit`` bytes."""
+    if not shas:
+        return []
+    check = git.run(
+        ["cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
+        top,
+        input="".join(s + "\n" for s in shas).encode(),
+    )
+    small = []
+    for line in check.stdout.decode().splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[1] == "blob" and int(fields[2]) <= limit:
+            small.append(fields[0])
+    return small
