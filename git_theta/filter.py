@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from git_theta import codec, formats
+from git_theta import formats, updates
 from git_theta.config import Config
 from git_theta.errors import (
     CorruptObjectError,
@@ -71,12 +71,11 @@ def _store_tensor(
         known = reuse.records.get(digest)
         if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
             return known
-    encoding = codec.Encoding(words, config.compression_level, config.compression)
+    encoding = updates.start_encode(words, config)
     if digest is None:
         # nothing it could be reused from: hashed while tensorstore's threads compress it
         digest = identity_hash(tensor.dtype, tensor.shape, words)
-    ref = store.put(encoding.pieces())
-    return TensorRecord(tensor.dtype, tensor.shape, digest, "dense", (ref,))
+    return TensorRecord(tensor.dtype, tensor.shape, digest, updates.finish(encoding, store))
 
 
 def clean(
@@ -120,23 +119,25 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     itemsize = get_dtype(record.dtype).itemsize
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
-    (obj,) = record.objects
-    # the identity hash checks the decoded bytes end to end, so the blob's own sha256 is
+    # the identity hash checks the decoded bytes end to end, so the blobs' own sha256 is
     # computed only to explain a failure
     try:
-        words = codec.decode(store.path(obj.oid), word, count)
+        words = updates.decode(record.storage, store, word, count)
         if identity_hash(record.dtype, record.shape, words) == record.hash:
             return words
+        oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
         failure: ThetaError = HashMismatchError(
-            f"tensor `{name}` rebuilt from object {obj.oid[:12]}… does not match its recorded "
+            f"tensor `{name}` rebuilt from object {oids} does not match its recorded "
             "hash: the object is corrupt; delete it and run `git theta checkout` to fetch it again"
         )
     except CorruptObjectError as exc:
         failure = exc
-    try:
-        store.read(obj.oid)  # a blob that does not match its oid is the clearer message
-    except CorruptObjectError as exc:
-        failure = exc
+    for obj in record.objects:
+        try:
+            store.read(obj.oid)  # a blob that does not match its oid is the clearer message
+        except CorruptObjectError as exc:
+            failure = exc
+            break
     raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
 
 

@@ -22,19 +22,103 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from git_theta.errors import ManifestError
 from git_theta.store import ObjectRef, valid_oid
 from git_theta.tensors import DTYPES, nbytes
 
 SCHEMA_VERSION = 1
-ENCODINGS = frozenset({"dense"})
 WIDTH = 100
 
 
 def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _malformed(name: str) -> ManifestError:
+    return ManifestError(f"manifest entry for tensor `{name}` is malformed")
+
+
+def _invalid_id(name: str) -> ManifestError:
+    return ManifestError(f"tensor `{name}` has an invalid hash or object id")
+
+
+def _object_refs(name: str, value: Any) -> tuple[ObjectRef, ...]:
+    """The ``objects`` list of a storage record, validated (the oids become paths)."""
+    if not isinstance(value, list) or not all(isinstance(o, dict) for o in value):
+        raise _malformed(name)
+    if not all("oid" in o and "size" in o for o in value):
+        raise _malformed(name)
+    if not all(isinstance(o["oid"], str) and valid_oid(o["oid"]) for o in value):
+        raise _invalid_id(name)
+    if not all(_natural(o["size"]) for o in value):
+        raise _invalid_id(name)
+    return tuple(ObjectRef(o["oid"], o["size"]) for o in value)
+
+
+class Storage:
+    """How one tensor is stored: a tagged value, one subclass per encoding (``encoding``
+    names it in the manifest), parsed by ``parse_storage``."""
+
+    encoding: ClassVar[str]
+
+    @property
+    def objects(self) -> tuple[ObjectRef, ...]:
+        """Every object needed to rebuild the tensor (push, fetch, gc and fsck read these,
+        whatever the encoding)."""
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, name: str, value: dict[str, Any]) -> Storage:
+        """Parse the record of tensor ``name``; raises ManifestError."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Dense(Storage):
+    """The whole tensor in one object."""
+
+    object: ObjectRef
+    encoding: ClassVar[str] = "dense"
+
+    @property
+    def objects(self) -> tuple[ObjectRef, ...]:
+        return (self.object,)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "encoding": self.encoding,
+            "objects": [{"oid": self.object.oid, "size": self.object.size}],
+        }
+
+    @classmethod
+    def from_json(cls, name: str, value: dict[str, Any]) -> Dense:
+        objects = _object_refs(name, value.get("objects"))
+        if len(objects) != 1:
+            raise ManifestError(f"tensor `{name}` is dense but lists {len(objects)} objects")
+        return cls(objects[0])
+
+
+# encoding name -> its record type; later encodings (xor, sparse, low-rank, ia3) register here
+ENCODINGS: dict[str, type[Storage]] = {Dense.encoding: Dense}
+
+
+def parse_storage(name: str, value: Any) -> Storage:
+    """The storage record of tensor ``name``, parsed by its encoding; raises ManifestError
+    (an encoding this git-theta does not know says to upgrade)."""
+    if not isinstance(value, dict) or not isinstance(value.get("encoding"), str):
+        raise _malformed(name)
+    kind = ENCODINGS.get(value["encoding"])
+    if kind is None:
+        raise ManifestError(
+            f"tensor `{name}` uses encoding `{value['encoding']}`, which this git-theta "
+            "does not know: upgrade git-theta"
+        )
+    return kind.from_json(name, value)
 
 
 @dataclass(frozen=True)
@@ -44,8 +128,16 @@ class TensorRecord:
     dtype: str
     shape: tuple[int, ...]
     hash: str
-    encoding: str
-    objects: tuple[ObjectRef, ...]
+    storage: Storage
+
+    @property
+    def encoding(self) -> str:
+        return self.storage.encoding
+
+    @property
+    def objects(self) -> tuple[ObjectRef, ...]:
+        """Every object needed to rebuild the tensor."""
+        return self.storage.objects
 
     @property
     def nbytes(self) -> int:
@@ -57,41 +149,24 @@ class TensorRecord:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "hash": self.hash,
-            "storage": {
-                "encoding": self.encoding,
-                "objects": [{"oid": o.oid, "size": o.size} for o in self.objects],
-            },
+            "storage": self.storage.to_json(),
         }
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> TensorRecord:
-        try:
-            storage = value["storage"]
-            record = cls(
-                dtype=value["dtype"],
-                shape=tuple(value["shape"]),
-                hash=value["hash"],
-                encoding=storage["encoding"],
-                objects=tuple(ObjectRef(o["oid"], o["size"]) for o in storage["objects"]),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"manifest entry for tensor `{name}` is malformed") from exc
-        if record.dtype not in DTYPES:
-            raise ManifestError(f"tensor `{name}` has unknown dtype `{record.dtype}`")
-        if not all(_natural(d) for d in record.shape):
+        if not isinstance(value, dict) or not {"dtype", "shape", "hash", "storage"} <= set(value):
+            raise _malformed(name)
+        dtype, shape, digest = value["dtype"], value["shape"], value["hash"]
+        if not isinstance(shape, list):
+            raise _malformed(name)
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ManifestError(f"tensor `{name}` has unknown dtype `{dtype}`")
+        if not all(_natural(d) for d in shape):
             raise ManifestError(f"tensor `{name}` has an invalid shape")
-        if record.encoding not in ENCODINGS:
-            raise ManifestError(
-                f"tensor `{name}` uses encoding `{record.encoding}`, which this git-theta "
-                "does not know: upgrade git-theta"
-            )
-        if record.encoding == "dense" and len(record.objects) != 1:
-            raise ManifestError(f"tensor `{name}` is dense but lists {len(record.objects)} objects")
-        if not valid_oid(record.hash) or not all(
-            valid_oid(o.oid) and _natural(o.size) for o in record.objects
-        ):
-            raise ManifestError(f"tensor `{name}` has an invalid hash or object id")
-        return record
+        storage = parse_storage(name, value["storage"])
+        if not isinstance(digest, str) or not valid_oid(digest):
+            raise _invalid_id(name)
+        return cls(dtype, tuple(shape), digest, storage)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from git_theta.errors import ManifestError
-from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
+from git_theta.manifest import Dense, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectRef
 
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
@@ -29,8 +29,8 @@ def example() -> Manifest:
             },
         },
         tensors={
-            "wte.weight": TensorRecord("float32", (2, 3), C, "dense", (ObjectRef(A, 120),)),
-            "ln_é.bias": TensorRecord("bfloat16", (3,), D, "dense", (ObjectRef(B, 41),)),
+            "wte.weight": TensorRecord("float32", (2, 3), C, Dense(ObjectRef(A, 120))),
+            "ln_é.bias": TensorRecord("bfloat16", (3,), D, Dense(ObjectRef(B, 41))),
         },
         aliases={"lm_head.weight": "wte.weight"},
     )
@@ -302,10 +302,10 @@ def _sized() -> Manifest:
     return Manifest(
         format={"name": "pytorch"},
         tensors={
-            "a": TensorRecord("float32", (2, 3), C, "dense", (ObjectRef(A, 100),)),
-            "b": TensorRecord("bfloat16", (3,), D, "dense", (ObjectRef(B, 7),)),
-            "c": TensorRecord("complex128", (), C, "dense", (ObjectRef(A, 100),)),  # same object
-            "d": TensorRecord("int8", (0, 5), D, "dense", (ObjectRef(D, 33),)),
+            "a": TensorRecord("float32", (2, 3), C, Dense(ObjectRef(A, 100))),
+            "b": TensorRecord("bfloat16", (3,), D, Dense(ObjectRef(B, 7))),
+            "c": TensorRecord("complex128", (), C, Dense(ObjectRef(A, 100))),  # same object
+            "d": TensorRecord("int8", (0, 5), D, Dense(ObjectRef(D, 33))),
         },
         aliases={"e": "a"},
     )
@@ -376,3 +376,50 @@ def test_dense_record_names_exactly_one_object() -> None:
     }
     with pytest.raises(ManifestError, match="^tensor `t` is dense but lists 2 objects$"):
         TensorRecord.from_json("t", entry)
+
+
+def test_storage_is_a_tagged_value_parsed_by_its_encoding() -> None:
+    from git_theta.manifest import parse_storage
+
+    storage = parse_storage("w", {"encoding": "dense", "objects": [{"oid": A, "size": 10}]})
+    assert storage == Dense(ObjectRef(A, 10))
+    assert storage.objects == (ObjectRef(A, 10),)
+    record = Manifest.from_bytes(_manifest_bytes({"w": _entry()})).tensors["w"]
+    assert (record.encoding, record.storage) == ("dense", Dense(ObjectRef(A, 10)))
+
+
+def test_a_registered_encoding_slots_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later encoding is one record type in the registry: parsed, listed for transfers and
+    written back in canonical form with nothing else changed."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from git_theta import manifest as manifest_module
+
+    @dataclass(frozen=True)
+    class Pair(manifest_module.Storage):
+        first: ObjectRef
+        second: ObjectRef
+        encoding: ClassVar[str] = "pair"
+
+        @property
+        def objects(self) -> tuple[ObjectRef, ...]:
+            return (self.first, self.second)
+
+        def to_json(self) -> dict[str, Any]:
+            return {
+                "encoding": "pair",
+                "objects": [{"oid": o.oid, "size": o.size} for o in self.objects],
+            }
+
+        @classmethod
+        def from_json(cls, name: str, value: dict[str, Any]) -> Pair:
+            first, second = manifest_module._object_refs(name, value["objects"])
+            return cls(first, second)
+
+    monkeypatch.setitem(manifest_module.ENCODINGS, "pair", Pair)
+    entry = _entry(encoding="pair", objects=[{"oid": A, "size": 3}, {"oid": B, "size": 4}])
+    parsed = Manifest.from_bytes(_manifest_bytes({"w": entry}))
+    assert parsed.tensors["w"].storage == Pair(ObjectRef(A, 3), ObjectRef(B, 4))
+    assert parsed.objects() == {A: ["w"], B: ["w"]}
+    assert Manifest.from_bytes(parsed.to_bytes()) == parsed
