@@ -498,3 +498,23 @@ def test_user_pre_push_hook_is_chained_and_restored(lfs_server: LfsServer, tmp_p
     assert hook.read_bytes() == user_hook
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755
     assert not saved.exists()
+
+
+def test_push_uploads_objects_of_manifests_at_paths_no_longer_tracked(
+    shared: tuple[Repo, Path, LfsServer], tmp_path: Path
+):
+    """The pre-push hook finds manifests by content, not by today's .gitattributes: a commit
+    made while a pattern was tracked still sends its objects after `untrack`."""
+    a, bare, server = shared
+    first = v1()
+    commit(a, first, "v1")
+    a.theta("untrack", "model.pt")
+    a.git("commit", "-q", "-m", "stop tracking", "--", ".gitattributes")
+    push = a.git("push", "-q", "origin", "main")
+    assert f"git-theta: uploaded the objects of {N} tensors to `origin`" in push.stderr
+    assert server.objects() == a.objects() and len(server.objects()) == N
+    b, _ = clone(bare, tmp_path / "b")
+    b.git("checkout", "-q", "HEAD~1")  # back where the pattern was tracked
+    (b.path / "model.pt").unlink()  # the same blob at both commits: checkout left it alone
+    b.git("checkout", "-q", "--", "model.pt")
+    assert_checkpoint(b.path / "model.pt", first)
