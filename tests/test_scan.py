@@ -149,3 +149,17 @@ def test_large_blobs_and_other_prefixes_are_skipped(repo: Repo) -> None:
     assert {b.blob for b in scan.scan_all(repo.path, limit=10)} == set()
     assert {b.blob for b in scan.scan_all(repo.path, prefix=b"version ")} == set()
     assert {b.blob for b in scan.scan_all(repo.path)} == {blob}
+
+
+def test_an_unknown_revision_is_a_clear_error(repo: Repo) -> None:
+    from git_theta.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        list(scan.scan_trees(repo.path, ["no-such-branch"]))
+    assert str(info.value) == (
+        "`no-such-branch` names no commit or tree in this repository: check the name "
+        "(`git log --oneline --all` lists commits)"
+    )
+    proc = repo.theta("fetch", "origin", "no-such-branch", check=False)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == f"git-theta: error: {info.value}\n"

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from git_theta.errors import UsageError
 from git_theta.gitio import attributes, git
 
 DEFAULT_LIMIT = 64 << 20
@@ -91,6 +92,12 @@ def scan_trees(
     """Blobs in the trees of ``revs`` (each a commit or anything naming a tree)."""
     refs = []
     for rev in revs:
+        tree = git.run(["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], top, check=False)
+        if tree.returncode != 0 or rev.startswith("-"):
+            raise UsageError(
+                f"`{rev}` names no commit or tree in this repository: check the name "
+                "(`git log --oneline --all` lists commits)"
+            )
         listing = git.decode_path(git.run(["ls-tree", "-r", "-z", "--full-tree", rev], top).stdout)
         for entry in listing.split("\0"):
             meta, _, path = entry.partition("\t")
