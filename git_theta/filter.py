@@ -69,8 +69,12 @@ def _store_tensor(
         # likely unchanged: hash first, and encode only if it did change
         digest = identity_hash(tensor.dtype, tensor.shape, words)
         known = reuse.records.get(digest)
-        if known is not None and (known.dtype, known.shape) == (tensor.dtype, tensor.shape):
-            return known
+        if (
+            known is not None
+            and (known.dtype, known.shape) == (tensor.dtype, tensor.shape)
+            and all(store.is_sound(obj) for obj in known.objects)
+        ):
+            return known  # unchanged, and its objects are here and sound
     encoding = updates.start_encode(words, config)
     if digest is None:
         # nothing it could be reused from: hashed while tensorstore's threads compress it
@@ -119,8 +123,17 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
     itemsize = get_dtype(record.dtype).itemsize
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
-    # the identity hash checks the decoded bytes end to end, so the blobs' own sha256 is
-    # computed only to explain a failure
+    for obj in record.objects:  # each object's bytes against its oid, as it is read
+        if not store.is_sound(obj):
+            try:
+                store.verify(obj.oid)
+            except CorruptObjectError as exc:
+                raise CorruptObjectError(f"tensor `{name}`: {exc}") from exc
+            raise CorruptObjectError(
+                f"tensor `{name}`: object {obj.oid[:12]}… has {store.path(obj.oid).stat().st_size} "
+                f"bytes, not the {obj.size} its manifest records: delete it and run "
+                "`git theta checkout` to fetch a good copy"
+            )
     try:
         words = updates.decode(record.storage, store, word, count)
         if identity_hash(record.dtype, record.shape, words) == record.hash:

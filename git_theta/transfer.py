@@ -9,6 +9,7 @@ from git_theta.errors import GitError, ObjectMissingError, RemoteError
 from git_theta.gitio import lfs
 from git_theta.history import Located, at_revisions, pushed
 from git_theta.repo import Repo
+from git_theta.store import ObjectRef
 
 
 def _needed(located: list[Located]) -> dict[str, tuple[int, list[str]]]:
@@ -29,12 +30,19 @@ def push_objects(repo: Repo, remote: str, updates: str) -> int:
     Raises ObjectMissingError when one is not local, RemoteError when the upload fails.
     """
     needed = _needed(pushed(repo, remote, updates))
-    missing = {oid: names for oid, (_, names) in needed.items() if not repo.store.has(oid)}
+    store = repo.store
+    missing = {
+        oid: names
+        for oid, (size, names) in needed.items()
+        if not store.is_sound(ObjectRef(oid, size))
+    }
     if missing:
         raise ObjectMissingError(
             missing,
-            f"it cannot be pushed to `{remote}`: run `git theta fetch` to get it, then push again",
+            f"it cannot be pushed to `{remote}`: run `git theta fsck --fetch` to get a good "
+            "copy (or `git add` the checkpoint again), then push again",
         )
+    store.export_to_lfs(needed)  # git-lfs uploads from its own directory
     try:
         lfs.push(remote, sorted(needed), repo.top)
     except GitError as exc:

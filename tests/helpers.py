@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,11 +77,11 @@ class Repo:
 
     def objects(self) -> set[str]:
         """oids in the repository's LFS object store."""
-        root = self.path / ".git" / "lfs" / "objects"
+        root = self.path / ".git" / "lfs" / "theta" / "objects"
         return {p.name for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
     def store_bytes(self) -> int:
-        root = self.path / ".git" / "lfs" / "objects"
+        root = self.path / ".git" / "lfs" / "theta" / "objects"
         return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
     def status(self) -> str:
@@ -120,3 +123,29 @@ def assert_same_object(a: Any, b: Any, path: str = "") -> None:
         assert b != b, f"{path}: NaN became {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make the tree at ``path`` unwritable for the test's duration. root ignores file modes,
+    so as root the tree is made immutable (``chattr +i``) instead."""
+    import pytest
+
+    if os.geteuid() == 0:
+        proc = subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True)
+        if proc.returncode != 0:
+            subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True)
+            pytest.skip(f"cannot make {path} read-only here: {proc.stderr.decode().strip()}")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+        return
+    modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
+    try:
+        yield
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)

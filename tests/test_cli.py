@@ -99,7 +99,7 @@ def human(n: int) -> str:
 def store_size(repo: Repo) -> int:
     """Bytes of the LFS objects in the repository's store (ls-files' stored size, when the
     store holds exactly the objects of one manifest)."""
-    root = repo.path / ".git" / "lfs" / "objects"
+    root = repo.path / ".git" / "lfs" / "theta" / "objects"
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 

@@ -337,7 +337,9 @@ def test_store_grows_by_the_one_changed_tensor(repo: Repo) -> None:
     new = repo.objects() - objects
     assert len(new) == 1
     (oid,) = new
-    new_size = (repo.path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid).stat().st_size
+    new_size = (
+        (repo.path / ".git" / "lfs" / "theta" / "objects" / oid[:2] / oid[2:4] / oid).stat().st_size
+    )
     growth = repo.store_bytes() - size
     assert 0.95 * new_size <= growth <= 1.05 * new_size
     assert 0.95 * old_big[0]["size"] <= growth <= 1.05 * old_big[0]["size"]
@@ -387,9 +389,9 @@ def test_objects_and_spool_files_go_under_lfs_storage(
         for r in manifest(repo, "HEAD:model.pt")["tensors"].values()
         for o in r["storage"]["objects"]
     }
-    stored = {p.name for p in (storage / "objects").rglob("*") if p.is_file()}
+    stored = {p.name for p in (storage / "theta" / "objects").rglob("*") if p.is_file()}
     assert stored == oids and len(oids) == 3
-    assert not (repo.path / ".git" / "lfs" / "objects").exists()
+    assert not (repo.path / ".git" / "lfs" / "theta" / "objects").exists()
     assert [p.name for p in (storage / "tmp").iterdir()] == []  # spooled input is gone
     path.unlink()
     repo.git("checkout", "--", "model.pt")

@@ -70,7 +70,7 @@ def lfs_files(repo: Repo) -> set[str]:
 
 
 def object_path(repo: Repo, oid: str) -> Path:
-    return repo.path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    return repo.path / ".git" / "lfs" / "theta" / "objects" / oid[:2] / oid[2:4] / oid
 
 
 def commit_good(repo: Repo) -> dict[str, torch.Tensor]:
@@ -252,7 +252,7 @@ def test_corrupt_object_fails_checkout(repo: Repo) -> None:
     obj.write_bytes(bytes(b ^ 0x01 for b in good))  # same size, every byte different
 
     line = _checkout_fails(repo)
-    objects_dir = os.path.realpath(repo.path / ".git" / "lfs" / "objects")
+    objects_dir = os.path.realpath(repo.path / ".git" / "lfs" / "theta" / "objects")
     assert line == (
         f"{PREFIX}tensor `layers.1.weight`: object {oid[:12]}… in {objects_dir} is corrupt (its sha256 does not match): "
         "delete it and run `git theta checkout` to fetch a good copy"

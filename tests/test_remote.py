@@ -94,7 +94,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def local_object_files(repo: Repo) -> list[Path]:
-    root = repo.path / ".git" / "lfs" / "objects"
+    root = repo.path / ".git" / "lfs" / "theta" / "objects"
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 

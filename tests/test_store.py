@@ -13,6 +13,7 @@ import pytest
 
 from git_theta.errors import CorruptObjectError
 from git_theta.store import ObjectRef, ObjectStore, valid_oid
+from tests.helpers import read_only
 
 DATA = b"hello git-theta\n"
 OID = "a08f936c37d8e494fa4e9b5e39b2671970a454363b0c6ddff9fc26837410105a"
@@ -46,9 +47,11 @@ def test_put_of_nothing_is_the_empty_object(store: ObjectStore) -> None:
 
 def test_object_lives_in_the_lfs_layout_with_mode_0644(store: ObjectStore, tmp_path: Path) -> None:
     store.put([DATA])
-    expected = tmp_path / "lfs" / "objects" / OID[0:2] / OID[2:4] / OID
+    expected = tmp_path / "lfs" / "theta" / "objects" / OID[0:2] / OID[2:4] / OID
     assert store.path(OID) == expected
-    assert files_under(tmp_path / "lfs") == [expected]  # nothing else, nothing left in tmp/
+    verified = tmp_path / "lfs" / "theta" / "verified"
+    # nothing else (the record of sound objects aside), nothing left in tmp/
+    assert files_under(tmp_path / "lfs") == [expected, verified]
     assert expected.read_bytes() == DATA
     assert stat.S_IMODE(expected.stat().st_mode) == 0o644
     assert store.has(OID)
@@ -150,10 +153,15 @@ def test_path_rejects_invalid_oids(store: ObjectStore, oid: str) -> None:
 
 
 def test_store_layout_works_with_git_lfs(store: ObjectStore, tmp_path: Path) -> None:
-    """An object put here is one that `git lfs` itself finds (no remote is configured)."""
+    """An object put here and exported is one that `git lfs` itself finds (no remote is
+    configured)."""
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    ref = ObjectStore(repo / ".git" / "lfs").put([DATA])
+    repo_store = ObjectStore(repo / ".git" / "lfs")
+    ref = repo_store.put([DATA])
+    repo_store.export_to_lfs([ref.oid])
+    exported = repo / ".git" / "lfs" / "objects" / OID[0:2] / OID[2:4] / OID
+    assert os.path.samefile(exported, repo_store.path(OID))  # a hard link: no extra space
     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{ref.oid}\nsize {ref.size}\n"
     smudged = subprocess.run(
         ["git", "lfs", "smudge", "weights.bin"],
@@ -163,3 +171,59 @@ def test_store_layout_works_with_git_lfs(store: ObjectStore, tmp_path: Path) -> 
         check=True,
     )
     assert smudged.stdout == DATA
+
+
+def test_an_object_git_lfs_downloaded_is_taken_in(store: ObjectStore) -> None:
+    lfs_copy = store.lfs_path(OID)
+    lfs_copy.parent.mkdir(parents=True)
+    lfs_copy.write_bytes(DATA)
+    assert store.has(OID)
+    assert store.path(OID) == store.objects_dir / OID[0:2] / OID[2:4] / OID
+    assert os.path.samefile(store.path(OID), lfs_copy)
+    lfs_copy.unlink()  # what `git lfs prune` does: the store keeps it
+    assert store.read(OID) == DATA
+
+
+def test_a_read_only_store_serves_git_lfs_copies(store: ObjectStore) -> None:
+    lfs_copy = store.lfs_path(OID)
+    lfs_copy.parent.mkdir(parents=True)
+    lfs_copy.write_bytes(DATA)
+    with read_only(store.lfs_dir):
+        assert store.path(OID) == lfs_copy and store.is_sound(ObjectRef(OID, len(DATA)))
+        assert store.read(OID) == DATA
+    assert not store.objects_dir.exists()
+
+
+def test_put_replaces_a_corrupt_copy_of_the_same_size(store: ObjectStore) -> None:
+    store.put([DATA])
+    path = store.path(OID)
+    path.write_bytes(bytes([DATA[0] ^ 1]) + DATA[1:])  # one flipped bit
+    assert not store.is_sound(ObjectRef(OID, len(DATA)))
+    assert store.put([DATA]) == ObjectRef(OID, len(DATA))
+    assert path.read_bytes() == DATA and store.is_sound(ObjectRef(OID, len(DATA)))
+
+
+def test_soundness_is_remembered_until_the_file_changes(store: ObjectStore) -> None:
+    ref = store.put([DATA])
+    fresh = ObjectStore(store.lfs_dir)  # another process
+    assert fresh.is_sound(ref)
+    assert (store.lfs_dir / "theta" / "verified").read_text().split()[0] == OID
+    path = store.path(OID)
+    before = path.stat()
+    path.write_bytes(DATA.upper())  # same size, other bytes, a new modification time
+    assert path.stat().st_mtime_ns != before.st_mtime_ns
+    assert not ObjectStore(store.lfs_dir).is_sound(ref)
+    assert not store.is_sound(ObjectRef(OID, len(DATA) + 1))
+
+
+def test_delete_removes_the_object_and_its_git_lfs_link(store: ObjectStore) -> None:
+    ref = store.put([DATA])
+    store.export_to_lfs([ref.oid])
+    assert store.delete(OID, lfs_copy=True) == len(DATA)
+    assert not store.path(OID).exists() and not store.lfs_path(OID).exists()
+    store.put([DATA])
+    store.export_to_lfs([ref.oid])
+    assert store.delete(OID, lfs_copy=False) == 0  # git-lfs's name still holds the bytes
+    assert store.lfs_path(OID).read_bytes() == DATA
+    store.forget_deleted()
+    assert OID not in (store.lfs_dir / "theta" / "verified").read_text()
