@@ -131,8 +131,8 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
                 raise CorruptObjectError(f"tensor `{name}`: {exc}") from exc
             raise CorruptObjectError(
                 f"tensor `{name}`: object {obj.oid[:12]}… has {store.path(obj.oid).stat().st_size} "
-                f"bytes, not the {obj.size} its manifest records: delete it and run "
-                "`git theta checkout` to fetch a good copy"
+                f"bytes, not the {obj.size} its manifest records: run "
+                "`git theta fsck --fetch` to download a good copy"
             )
     try:
         words = updates.decode(record.storage, store, word, count)
@@ -141,7 +141,7 @@ def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndar
         oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
         failure: ThetaError = HashMismatchError(
             f"tensor `{name}` rebuilt from object {oids} does not match its recorded "
-            "hash: the object is corrupt; delete it and run `git theta checkout` to fetch it again"
+            "hash: the object is corrupt; run `git theta fsck --fetch` to download a good copy"
         )
     except CorruptObjectError as exc:
         failure = exc

@@ -69,6 +69,19 @@ def at_revisions(repo: Repo, revs: list[str]) -> list[Located]:
     return _manifests(scan.scan_trees(repo.top, revs))
 
 
+def current(repo: Repo) -> list[Located]:
+    """Manifests at any path in HEAD's tree and in this work tree's index (each blob once,
+    named by the commit when HEAD has it)."""
+    found = []
+    head = repo.git(["rev-parse", "-q", "--verify", "HEAD^{commit}"], check=False)
+    if head.returncode == 0:
+        commit = head.stdout.decode().strip()
+        found = _manifests(scan.scan_trees(repo.top, [commit], theta_only=False))
+    seen = {item.blob for item in found}
+    indexed = _manifests(scan.scan_index(repo.top, theta_only=False))
+    return found + [item for item in indexed if item.blob not in seen]
+
+
 def everything(repo: Repo, theta_only: bool = False) -> list[Located]:
     """Every manifest anything in the repository keeps: refs, reflogs, stashes, the index of
     every worktree (see ``gitio.scan.scan_all``)."""

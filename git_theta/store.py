@@ -135,6 +135,7 @@ class ObjectStore:
             ref = ObjectRef(oid, size)
             if self.is_sound(ref):
                 os.unlink(tmp_name)
+                self._freshen(oid)
             else:
                 final = _oid_path(self.objects_dir, oid)
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,17 @@ class ObjectStore:
                 os.unlink(tmp_name)
             raise
         return ref
+
+    def _freshen(self, oid: str) -> None:
+        """Give a kept object a new modification time, as if just written: ``git theta gc``
+        spares objects younger than its expiry, so one that a running ``git add`` is about
+        to name in a manifest is never deleted under it (git freshens its objects alike)."""
+        own = _oid_path(self.objects_dir, oid)
+        try:
+            os.utime(own)
+        except OSError:
+            return  # git-lfs's copy only, or a read-only store: nothing gc would delete
+        self._remember(oid, own)
 
     # ------------------------------------------------------------------ checking
 
@@ -169,6 +181,58 @@ class ObjectStore:
         self._remember(ref.oid, path)
         return True
 
+    def check(self, ref: ObjectRef) -> str | None:
+        """Hash object ``ref`` whatever is remembered about it (``git theta fsck``); None
+        when it is sound, else what is wrong with it."""
+        path = self.path(ref.oid)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return "is missing"
+        problem = None
+        if size != ref.size:
+            problem = f"has {size} bytes, not the {ref.size} its manifest records"
+        else:
+            try:
+                actual = file_sha256(path)
+            except OSError as exc:
+                actual, problem = "", f"cannot be read ({exc.strerror or exc})"
+            if actual and actual != ref.oid:
+                problem = f"is corrupt: its bytes hash to {actual[:12]}…, not to its id"
+        if problem is None:
+            self._remember(ref.oid, path)
+        else:  # decayed in place, its times unchanged: hash it again from now on
+            self._remember(ref.oid, None)
+        return problem
+
+    def set_aside(self, oid: str) -> Path | None:
+        """Move a bad copy of ``oid`` out of the way so that a fetch can bring a good one
+        (git-lfs downloads nothing it believes it has, so git-lfs's name for it goes too,
+        unless that is a separate, sound copy). Returns where it went, for ``put_back``."""
+        own = _oid_path(self.objects_dir, oid)
+        twin = self.lfs_path(oid)
+        with contextlib.suppress(OSError):
+            if twin.is_file() and (
+                (own.is_file() and os.path.samefile(twin, own)) or file_sha256(twin) != oid
+            ):
+                twin.unlink()
+        if not own.is_file():
+            return None
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, aside = tempfile.mkstemp(dir=self.tmp_dir, prefix=TMP_PREFIX)
+        os.close(fd)
+        os.replace(own, aside)
+        return Path(aside)
+
+    def put_back(self, oid: str, aside: Path) -> None:
+        """Return a copy ``set_aside`` moved when no other copy came meanwhile; else drop it."""
+        own = _oid_path(self.objects_dir, oid)
+        with contextlib.suppress(OSError):
+            if own.is_file():
+                aside.unlink()
+            else:
+                os.replace(aside, own)
+
     def verify(self, oid: str) -> None:
         """Raise CorruptObjectError unless object ``oid`` is local and sound."""
         path = self.path(oid)
@@ -179,7 +243,7 @@ class ObjectStore:
         if size < 0 or not self.is_sound(ObjectRef(oid, size)):
             raise CorruptObjectError(
                 f"object {oid[:12]}… in {self.objects_dir} is corrupt (its sha256 does not "
-                "match): delete it and run `git theta checkout` to fetch a good copy"
+                "match): run `git theta fsck --fetch` to download a good copy"
             )
 
     def read(self, oid: str) -> bytes:
@@ -213,11 +277,12 @@ class ObjectStore:
                         self._verified[fields[0]] = (size, mtime, inode)
             return self._verified
 
-    def _remember(self, oid: str, path: Path) -> None:
-        """Record that ``path`` (object ``oid``) is sound as it is now; one appended line
-        (a lost or torn line only costs hashing the object again)."""
+    def _remember(self, oid: str, path: Path | None) -> None:
+        """Record that ``path`` (object ``oid``) is sound as it is now, or (``path`` None)
+        that no copy is known to be; one appended line (the last line of an oid counts; a
+        lost or torn line only costs hashing the object again)."""
         try:
-            sig = _signature(path.stat())
+            sig = _signature(path.stat()) if path is not None else (0, 0, 0)
         except OSError:
             return
         known = self._known()

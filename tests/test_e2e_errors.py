@@ -255,7 +255,7 @@ def test_corrupt_object_fails_checkout(repo: Repo) -> None:
     objects_dir = os.path.realpath(repo.path / ".git" / "lfs" / "theta" / "objects")
     assert line == (
         f"{PREFIX}tensor `layers.1.weight`: object {oid[:12]}… in {objects_dir} is corrupt (its sha256 does not match): "
-        "delete it and run `git theta checkout` to fetch a good copy"
+        "run `git theta fsck --fetch` to download a good copy"
     )
 
     obj.write_bytes(good)  # with the object repaired, the same checkout works

@@ -43,7 +43,9 @@ def test_scan_all_finds_every_committed_version(repo: Repo) -> None:
     assert set(found) == set(blobs)  # .gitattributes is no git-theta path
     assert all(b.data.startswith(b"{") and b'"git_theta"' in b.data for b in found.values())
     assert found[blobs[2]].path == "model.pt"
-    assert found[blobs[2]].index_of == repo.path  # also in the index: the index is read first
+    # also in the index: a commit that has it names it (history is read before the indexes)
+    assert found[blobs[2]].index_of is None
+    assert found[blobs[2]].commit == repo.git("rev-parse", "HEAD").stdout.strip()
     assert found[blobs[0]].commit == repo.git("rev-parse", "HEAD~2").stdout.strip()
     assert found[blobs[0]].where == f"model.pt in {found[blobs[0]].commit[:10]}"
 

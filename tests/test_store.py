@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,15 +58,18 @@ def test_object_lives_in_the_lfs_layout_with_mode_0644(store: ObjectStore, tmp_p
     assert store.has(OID)
 
 
-def test_put_of_an_existing_object_is_a_no_op(store: ObjectStore) -> None:
+def test_put_of_an_existing_object_keeps_it_and_freshens_its_time(store: ObjectStore) -> None:
+    # the new time keeps `git theta gc` from deleting it before the manifest naming it lands
     store.put([DATA])
     path = store.path(OID)
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))
     before = path.stat()
     assert store.put([DATA[:5], DATA[5:]]) == ObjectRef(OID, len(DATA))
     after = path.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, 1_000_000_000)
+    assert after.st_ino == before.st_ino
+    assert after.st_mtime > time.time() - 60
     assert files_under(store.tmp_dir) == []
+    assert store.is_sound(ObjectRef(OID, len(DATA)))
 
 
 def test_failing_chunk_iterator_leaves_nothing_behind(store: ObjectStore) -> None:
@@ -103,7 +107,7 @@ def test_read_of_tampered_object_is_corrupt(store: ObjectStore) -> None:
         store.read(OID)
     assert str(info.value) == (
         f"object {OID[:12]}… in {store.objects_dir} is corrupt (its sha256 does not match): "
-        "delete it and run `git theta checkout` to fetch a good copy"
+        "run `git theta fsck --fetch` to download a good copy"
     )
 
 
@@ -227,3 +231,52 @@ def test_delete_removes_the_object_and_its_git_lfs_link(store: ObjectStore) -> N
     assert store.lfs_path(OID).read_bytes() == DATA
     store.forget_deleted()
     assert OID not in (store.lfs_dir / "theta" / "verified").read_text()
+
+
+def test_check_hashes_whatever_is_remembered(store: ObjectStore) -> None:
+    ref = store.put([DATA])
+    path = store.path(OID)
+    assert store.check(ref) is None
+    before = path.stat()
+    path.write_bytes(DATA.upper())  # decays in place: same size, and the old times put back
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.is_sound(ref)  # the remembered signature still matches: not hashed again
+    assert store.check(ref) == (
+        f"is corrupt: its bytes hash to {hashlib.sha256(DATA.upper()).hexdigest()[:12]}…, "
+        "not to its id"
+    )
+    assert not store.is_sound(ref)  # and from now on it is hashed again
+    assert not ObjectStore(store.lfs_dir).is_sound(ref)  # in other processes too
+    assert (
+        store.check(ObjectRef(OID, 3)) == f"has {len(DATA)} bytes, not the 3 its manifest records"
+    )
+    path.unlink()
+    assert store.check(ref) == "is missing"
+
+
+def test_set_aside_and_put_back(store: ObjectStore) -> None:
+    ref = store.put([DATA])
+    store.export_to_lfs([OID])
+    store.path(OID).write_bytes(DATA.upper())
+    aside = store.set_aside(OID)
+    assert aside is not None and aside.read_bytes() == DATA.upper()
+    assert aside.parent == store.tmp_dir and aside.name.startswith("theta-")
+    assert not store.has(OID)  # git-lfs's name for the same file went too
+    store.put_back(OID, aside)  # nothing better came: the copy returns
+    assert store.path(OID).read_bytes() == DATA.upper() and not aside.exists()
+    aside = store.set_aside(OID)
+    assert aside is not None
+    assert store.put([DATA]) == ref  # a good copy came meanwhile: the bad one is dropped
+    store.put_back(OID, aside)
+    assert store.path(OID).read_bytes() == DATA and not aside.exists()
+    assert store.set_aside("0" * 64) is None
+
+
+def test_set_aside_keeps_a_separate_sound_git_lfs_copy(store: ObjectStore) -> None:
+    store.lfs_path(OID).parent.mkdir(parents=True)
+    store.lfs_path(OID).write_bytes(DATA)
+    own = store.objects_dir / OID[:2] / OID[2:4] / OID
+    own.parent.mkdir(parents=True)
+    own.write_bytes(DATA.upper())
+    assert store.set_aside(OID) is not None
+    assert store.path(OID).read_bytes() == DATA  # taken in from git-lfs's good copy

@@ -22,7 +22,7 @@ def root() -> None:
 
 
 def _register() -> None:
-    from git_theta.cli import files, filters, remote, setup, track
+    from git_theta.cli import files, filters, maintenance, remote, setup, track
 
     for command in (
         setup.install,
@@ -33,6 +33,8 @@ def _register() -> None:
         files.ls_files,
         remote.fetch,
         remote.checkout,
+        maintenance.fsck,
+        maintenance.gc,
         remote.hook,
         filters.clean,
         filters.smudge,

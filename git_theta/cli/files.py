@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from git_theta.cli.output import size_text
+
 
 class _VerbatimCommand(click.Command):
     """Keeps the arguments exactly as given (click would swallow a `--`)."""
@@ -33,15 +35,6 @@ def add(ctx: click.Context, args: tuple[str, ...]) -> None:
         sys.exit(code)
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 @click.command("ls-files")
 def ls_files() -> None:
     """List checkpoints in the index stored by git-theta.
@@ -58,6 +51,6 @@ def ls_files() -> None:
             continue
         m = item.manifest
         click.echo(
-            f"{len(m.tensors):>8} {_size(m.logical_size()):>10} "
-            f"{_size(m.stored_size()):>10}  {item.path}"
+            f"{len(m.tensors):>8} {size_text(m.logical_size()):>10} "
+            f"{size_text(m.stored_size()):>10}  {item.path}"
         )

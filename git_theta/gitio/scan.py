@@ -1,10 +1,11 @@
 """The history scanner: which blobs a part of history holds, where, and their contents.
 
-Push, fetch, gc, fsck and diff all find their manifests through it. Three scopes:
+Push, fetch, gc, fsck and diff all find their manifests through it. Four scopes:
 
 - ``scan_range``: the commits reachable from some tips and not from others (what a push
   sends), each blob at the first commit and path that introduce it;
 - ``scan_trees``: the trees of some revisions (what a checkout of them needs);
+- ``scan_index``: this work tree's index;
 - ``scan_all``: everything the repository keeps: every ref (branches, tags,
   remote-tracking branches, notes, the stash), every reflog entry (so commits of a deleted
   branch that HEAD's reflog still names, and every stash entry), the HEAD of every worktree
@@ -70,7 +71,7 @@ def scan_range(
     exclude: Iterable[str] = (),
     exclude_remote: str | None = None,
     theta_only: bool = True,
-    prefix: bytes = b"{",
+    prefix: bytes | tuple[bytes, ...] = b"{",
     limit: int = DEFAULT_LIMIT,
 ) -> Iterator[Blob]:
     """Blobs in commits reachable from ``tips`` and not from ``exclude`` (nor from the
@@ -86,7 +87,7 @@ def scan_trees(
     top: Path,
     revs: list[str],
     theta_only: bool = True,
-    prefix: bytes = b"{",
+    prefix: bytes | tuple[bytes, ...] = b"{",
     limit: int = DEFAULT_LIMIT,
 ) -> Iterator[Blob]:
     """Blobs in the trees of ``revs`` (each a commit or anything naming a tree)."""
@@ -107,11 +108,24 @@ def scan_trees(
     yield from _read(top, refs, theta_only, prefix, limit)
 
 
+def scan_index(
+    top: Path,
+    theta_only: bool = True,
+    prefix: bytes | tuple[bytes, ...] = b"{",
+    limit: int = DEFAULT_LIMIT,
+) -> Iterator[Blob]:
+    """Blobs of this work tree's index, conflicted stages 1-3 included."""
+    yield from _read(top, _index(top), theta_only, prefix, limit)
+
+
 def scan_all(
-    top: Path, theta_only: bool = True, prefix: bytes = b"{", limit: int = DEFAULT_LIMIT
+    top: Path,
+    theta_only: bool = True,
+    prefix: bytes | tuple[bytes, ...] = b"{",
+    limit: int = DEFAULT_LIMIT,
 ) -> Iterator[Blob]:
     """Blobs that anything in the repository keeps (see the module's docstring)."""
-    refs = _indexes(top) + _log(top, ["--all", "--reflog"])
+    refs = _log(top, ["--all", "--reflog"]) + _indexes(top)  # a commit names a blob best
     yield from _read(top, refs, theta_only, prefix, limit)
 
 
@@ -169,17 +183,22 @@ def _worktrees(top: Path) -> list[Path]:
     return paths
 
 
+def _index(place: Path) -> list[_Ref]:
+    """Every entry (all stages) of the index of the work tree at ``place``."""
+    return [_Ref("", e.path, e.blob, place, e.stage) for e in git.index_entries(place)]
+
+
 def _indexes(top: Path) -> list[_Ref]:
     """Every entry (all stages) of the index of every worktree."""
-    refs = []
-    for place in _worktrees(top):
-        for entry in git.index_entries(place):
-            refs.append(_Ref("", entry.path, entry.blob, place, entry.stage))
-    return refs
+    return [ref for place in _worktrees(top) for ref in _index(place)]
 
 
 def _read(
-    top: Path, refs: list[_Ref], theta_only: bool, prefix: bytes, limit: int
+    top: Path,
+    refs: list[_Ref],
+    theta_only: bool,
+    prefix: bytes | tuple[bytes, ...],
+    limit: int,
 ) -> Iterator[Blob]:
     """The blobs of ``refs`` at git-theta paths (when ``theta_only``), of at most ``limit``
     bytes and starting with ``prefix``, each once (at its first ref)."""

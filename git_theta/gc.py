@@ -1,0 +1,127 @@
+"""``git theta gc``: delete the objects nothing in the repository needs any more, and the
+temporary files of processes that were killed.
+
+Needed is what any manifest anything keeps names: every ref, reflog entry, stash entry and
+worktree index (the scanner's ``scan_all``), manifests at any path. A damaged manifest's
+objects are kept too: every object id in its text counts. git-lfs's name for an object
+(the hard link made for a push) goes with it unless an LFS pointer in history names the
+same oid. Objects and temporary files modified after the expiry are kept whatever, so a
+``git add`` running meanwhile never loses an object it has just written (``put`` gives an
+object it finds already stored a new modification time for the same reason).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from git_theta.errors import ManifestError, UsageError
+from git_theta.gitio import scan
+from git_theta.manifest import looks_like_manifest, parse_if_manifest
+from git_theta.repo import Repo
+
+DEFAULT_EXPIRY = "2.weeks.ago"  # git's default for gc.pruneExpire
+_LFS_POINTER = b"version https://git-lfs"
+_OID_TEXT = re.compile(rb"[0-9a-f]{64}")
+_LFS_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """One file gc deletes (or would)."""
+
+    kind: str  # "object" or "temporary file"
+    name: str  # the oid, or the temporary file's path
+    size: int
+
+
+@dataclass
+class Result:
+    """What one gc did."""
+
+    deleted: list[Deletion] = field(default_factory=list)
+    freed: int = 0  # bytes given back to the file system
+    kept_recent: int = 0  # unneeded files spared because they are newer than the expiry
+    needed: int = 0
+
+
+def expiry_cutoff(repo: Repo, when: str | None) -> float | None:
+    """The time before which unneeded files may be deleted, from ``--prune=<when>`` (else
+    ``gc.pruneExpire``, else two weeks ago); None for ``never``. The date is read by git's
+    own expiry-date parser, so every form git gc takes works and a typo is an error."""
+    text = when if when is not None else repo.git_config.get("gc.pruneexpire", DEFAULT_EXPIRY)
+    parsed = repo.git(
+        ["-c", f"theta.expiry={text}", "config", "--type=expiry-date", "theta.expiry"],
+        check=False,
+    )
+    value = parsed.stdout.decode().strip()
+    if parsed.returncode != 0 or not value.isdigit():
+        raise UsageError(
+            f"`{text}` is not an expiry date git understands: try `now`, `2.weeks.ago`, "
+            "`2026-01-31` or `never`"
+        )
+    stamp = int(value)
+    if stamp == 0:  # never
+        return None
+    return min(float(stamp), time.time() + 1)  # now and all: everything older than now
+
+
+def needed_objects(repo: Repo) -> tuple[set[str], set[str]]:
+    """(oids that manifests anything keeps need, oids that LFS pointers name)."""
+    manifests: set[str] = set()
+    pointers: set[str] = set()
+    for found in scan.scan_all(repo.top, theta_only=False, prefix=(b"{", _LFS_POINTER)):
+        if found.data.startswith(_LFS_POINTER):
+            pointers.update(m.decode() for m in _LFS_OID.findall(found.data[:1024]))
+        elif looks_like_manifest(found.data):
+            try:
+                manifest = parse_if_manifest(found.data)
+            except ManifestError:  # damaged: keep whatever it might name
+                manifests.update(m.decode() for m in _OID_TEXT.findall(found.data))
+                continue
+            if manifest is not None:
+                manifests.update(manifest.objects())
+    return manifests, pointers
+
+
+def gc(repo: Repo, prune: str | None = None, dry_run: bool = False) -> Result:
+    """Delete (or with ``dry_run`` list) unneeded objects and old temporary files."""
+    cutoff = expiry_cutoff(repo, prune)
+    needed, pointed = needed_objects(repo)
+    store = repo.store
+    result = Result(needed=len(needed))
+    for oid, stored in store.objects():
+        if oid in needed:
+            continue
+        if cutoff is None or stored.mtime >= cutoff:
+            result.kept_recent += 1
+            continue
+        result.deleted.append(Deletion("object", oid, stored.size))
+        if not dry_run:
+            result.freed += store.delete(oid, lfs_copy=oid not in pointed)
+    for tmp in store.temporary_files():
+        if cutoff is None or tmp.mtime >= cutoff:
+            result.kept_recent += 1
+            continue
+        result.deleted.append(Deletion("temporary file", str(tmp.path), tmp.size))
+        if not dry_run:
+            try:
+                tmp.path.unlink()
+                result.freed += tmp.size
+            except FileNotFoundError:
+                pass  # its process finished meanwhile
+    if dry_run:
+        result.freed = sum(d.size for d in result.deleted)
+    elif result.deleted:
+        store.forget_deleted()
+    return result
+
+
+def display(path: str, top: Path) -> str:
+    """``path`` relative to the work tree's top when inside it."""
+    try:
+        return str(Path(path).relative_to(top))
+    except ValueError:
+        return path
