@@ -7,6 +7,7 @@ import os
 import tempfile
 
 from git_theta import filter as theta_filter
+from git_theta.errors import UsageError
 from git_theta.history import Located
 from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
@@ -21,8 +22,16 @@ def checkout(repo: Repo, paths: list[str]) -> list[str]:
     returns the paths rebuilt (relative to the top).
 
     Fetches what they need in one batch first. A work-tree file that holds a checkpoint is
-    never overwritten.
+    never overwritten; files outside the sparse-checkout are not written. Raises UsageError,
+    having written nothing, where git-theta's filter is not configured: git would then
+    stage the rebuilt checkpoints whole.
     """
+    if not repo.filter_installed:
+        raise UsageError(
+            "git-theta's filter is not configured for this repository, so git would store "
+            "rebuilt checkpoints whole: run `git theta install` first (`--local` for this "
+            "repository only), then `git theta checkout`"
+        )
     top = repo.top
     restore_rest = False
     if (
@@ -33,7 +42,7 @@ def checkout(repo: Repo, paths: list[str]) -> list[str]:
         # the other files that checkout never wrote
         repo.git(["read-tree", "HEAD"])
         restore_rest = True
-    indexed = {e.path for e in repo.index_entries(paths) if e.stage == 0}
+    indexed = {e.path for e in repo.index_entries(paths) if e.stage == 0 and not e.skip_worktree}
     candidates = repo.theta_paths(indexed)
     todo: dict[str, Manifest] = {}
     as_indexed: list[str] = []  # rebuilt from exactly the manifest the index holds

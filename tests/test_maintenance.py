@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from git_theta.cli.output import size_text
-from tests.helpers import Repo, assert_same_object, seeded_state_dict
+from tests.helpers import Repo, assert_same_object, read_only, seeded_state_dict
 from tests.lfs_server import LfsServer
 
 N, SIZE = 4, 16  # tensors per checkpoint, side of each (float32)
@@ -429,3 +429,89 @@ def test_help(repo: Repo, command: str) -> None:
     proc = repo.theta(command, "--help")
     assert proc.stdout.startswith(f"Usage: git theta {command} [OPTIONS]")
     assert "--prune" in proc.stdout if command == "gc" else "--fetch" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- checkout, install
+
+
+def test_theta_checkout_refuses_where_the_filter_is_not_configured(repo: Repo) -> None:
+    commit(repo, v1(), "v1")
+    repo.theta("uninstall", "--local")
+    (repo.path / "model.pt").unlink()
+    staged = repo.git("ls-files", "-s").stdout
+    proc = repo.theta("checkout", check=False)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "git-theta: error: git-theta's filter is not configured for this repository, so git "
+        "would store rebuilt checkpoints whole: run `git theta install` first (`--local` for "
+        "this repository only), then `git theta checkout`\n"
+    )
+    assert not (repo.path / "model.pt").exists()
+    assert repo.git("ls-files", "-s").stdout == staged
+    repo.theta("install", "--local")
+    assert repo.theta("checkout").stderr == "git-theta: rebuilt model.pt\n"
+    assert_same_object(load(repo), v1())
+    assert repo.status() == ""
+
+
+def test_theta_checkout_respects_sparse_checkout_and_pathspecs(repo: Repo) -> None:
+    for directory in ("a", "b"):
+        repo.theta("track", f"{directory}/model.pt")
+        (repo.path / directory).mkdir()
+        torch.save(v1(), repo.path / directory / "model.pt")
+    repo.git("add", ".")
+    repo.git("commit", "-q", "-m", "two checkpoints")
+    repo.git("sparse-checkout", "set", "a")
+    assert not (repo.path / "b").exists()
+    (repo.path / "a" / "model.pt").unlink()
+    assert repo.theta("checkout").stderr == "git-theta: rebuilt a/model.pt\n"
+    assert not (repo.path / "b").exists()  # outside the cone: not written
+    assert_same_object(torch.load(repo.path / "a" / "model.pt", weights_only=True), v1())
+
+    repo.git("sparse-checkout", "disable")
+    for directory in ("a", "b"):
+        (repo.path / directory / "model.pt").unlink()
+    assert repo.theta("checkout", "b/model.pt").stderr == "git-theta: rebuilt b/model.pt\n"
+    assert not (repo.path / "a" / "model.pt").exists()
+    sub = subprocess.run(
+        ["git", "theta", "checkout", "model.pt"],
+        cwd=repo.path / "a",  # a pathspec is read relative to where it is given
+        capture_output=True,
+        text=True,
+    )
+    assert (sub.returncode, sub.stderr) == (0, "git-theta: rebuilt a/model.pt\n")
+    assert repo.status() == ""
+
+
+def test_install_global_touches_no_repository_hooks(repo: Repo, tmp_path: Path) -> None:
+    plain = Repo.init(tmp_path / "plain")
+    hook = plain.path / ".git" / "hooks" / "pre-push"
+    plain.theta("install", "--global")
+    assert not hook.exists()
+    installed = repo.path / ".git" / "hooks" / "pre-push"
+    assert installed.is_file()  # from the fixture's `install --local`
+    text = installed.read_text()
+    repo.theta("uninstall", "--global")
+    assert installed.read_text() == text
+    plain.theta("install", "--global")
+    plain.theta("track", "model.pt")
+    save(plain, v1())
+    plain.git("add", "model.pt")  # the filter's first run here installs the hook
+    assert hook.is_file()
+
+
+def test_checkout_works_with_a_read_only_object_store(repo: Repo) -> None:
+    state = v1()
+    first = commit(repo, state, "v1")
+    later = changed(state, 1, 100)
+    commit(repo, later, "v2")
+    lfs = repo.path / ".git" / "lfs"
+    with read_only(lfs):
+        repo.git("checkout", "-q", first)
+        assert_same_object(load(repo), state)
+        (repo.path / "model.pt").unlink()
+        assert repo.theta("checkout").stderr == "git-theta: rebuilt model.pt\n"
+        assert_same_object(load(repo), state)
+        repo.git("checkout", "-q", "main")
+        assert_same_object(load(repo), later)
+        assert repo.theta("fsck", "--all").returncode == 0

@@ -39,7 +39,11 @@ def checkout(paths: tuple[str, ...]) -> None:
     from git_theta import checkout as checkout_lib
     from git_theta.repo import Repo
 
-    rebuilt = checkout_lib.checkout(Repo.open(Path.cwd()), list(paths))
+    repo = Repo.open(Path.cwd())
+    rebuilt = checkout_lib.checkout(repo, list(paths))
+    warning = repo.ensure_hook()  # as the filter does: a global install adds no hooks
+    if warning:
+        report(f"warning: {warning}")
     report(f"rebuilt {', '.join(rebuilt)}" if rebuilt else "nothing to rebuild")
 
 

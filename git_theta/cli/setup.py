@@ -14,8 +14,9 @@ from git_theta.repo import Repo
 
 
 def _repo(scope: str) -> Repo | None:
-    """The repository here; required for --local (raises NotARepositoryError)."""
-    return Repo.open(Path.cwd()) if scope == "local" else Repo.find(Path.cwd())
+    """The repository here for --local (raises NotARepositoryError outside one); None for
+    --global, which concerns no repository."""
+    return Repo.open(Path.cwd()) if scope == "local" else None
 
 
 @click.command()
@@ -25,7 +26,9 @@ def install(scope: str) -> None:
 
     Writes filter.theta.process (the long-running filter), filter.theta.clean and
     filter.theta.smudge (one-shot forms of the same code) and filter.theta.required.
-    Needs git-lfs. Default scope: --global.
+    Needs git-lfs. Default scope: --global. With --local, also installs the pre-push hook
+    that uploads objects; under --global or --system each repository gets it the first
+    time git-theta's filter runs there.
     """
     repo = _repo(scope)
     keys = setup_lib.install(scope, repo.top if repo else None)
@@ -41,7 +44,11 @@ def install(scope: str) -> None:
 @click.command()
 @scope_option
 def uninstall(scope: str) -> None:
-    """Remove exactly what `git theta install` added to git config."""
+    """Remove exactly what `git theta install` added to git config.
+
+    With --local, also removes the pre-push hook, unless the filter is still configured
+    at another scope. --global and --system touch no repository's hooks.
+    """
     repo = _repo(scope)
     keys = setup_lib.uninstall(scope, repo.top if repo else None)
     # the hook stays while the filter is still configured at another scope: objects it

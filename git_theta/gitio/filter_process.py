@@ -148,6 +148,18 @@ def _handshake(inp: BinaryIO, out: BinaryIO) -> None:
     pktline.write_flush(out)
 
 
+def _usable(directory: Path) -> Path:
+    """``directory`` when files can be made there, else the system's temporary directory
+    (a read-only object store can still serve checkouts)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory, prefix="theta-probe-"):
+            pass
+        return directory
+    except OSError:
+        return Path(tempfile.gettempdir())
+
+
 def serve(
     handler: Handler,
     on_error: ErrorReporter,
@@ -171,9 +183,7 @@ def serve(
         try:
             if tmp_dir is not None and spool_dir is None:
                 # found after the handshake: git does not wait on the git commands it takes
-                found = tmp_dir()
-                found.mkdir(parents=True, exist_ok=True)
-                spool_dir = found
+                spool_dir = _usable(tmp_dir())
             src = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="theta-in-")  # noqa: SIM115
         except Exception as exc:  # no place to spool to: this file fails, the stream goes on
             _drain(inp)

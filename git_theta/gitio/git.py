@@ -117,6 +117,7 @@ class IndexEntry:
     blob: str
     stage: int
     path: str
+    skip_worktree: bool = False  # outside the sparse-checkout: git keeps no work-tree file
 
 
 _NOT_FILES = ("040000", "160000")  # sparse-index directories and submodule commits
@@ -126,15 +127,16 @@ def index_entries(
     top: Path, pathspecs: Iterable[str] = (), at: Path | None = None
 ) -> list[IndexEntry]:
     """Entries of the index of the worktree at ``top`` (every stage), through
-    ``git ls-files -s``; ``pathspecs`` are read relative to ``at`` (default ``top``)."""
-    args = ["ls-files", "-s", "-z", "--full-name", "--", *pathspecs]
+    ``git ls-files -s -t``; ``pathspecs`` are read relative to ``at`` (default ``top``)."""
+    args = ["ls-files", "-s", "-t", "-z", "--full-name", "--", *pathspecs]
     listing = decode_path(run(args, at or top).stdout)
     entries = []
     for record in listing.split("\0"):
         meta, _, path = record.partition("\t")
-        fields = meta.split()
-        if len(fields) == 3 and fields[0] not in _NOT_FILES:
-            entries.append(IndexEntry(fields[0], fields[1], int(fields[2]), path))
+        fields = meta.split()  # tag (S: skip-worktree), mode, blob, stage
+        if len(fields) == 4 and fields[1] not in _NOT_FILES:
+            skip = fields[0] == "S"
+            entries.append(IndexEntry(fields[1], fields[2], int(fields[3]), path, skip))
     return entries
 
 
