@@ -515,3 +515,99 @@ def test_checkout_works_with_a_read_only_object_store(repo: Repo) -> None:
         repo.git("checkout", "-q", "main")
         assert_same_object(load(repo), later)
         assert repo.theta("fsck", "--all").returncode == 0
+
+
+# ----------------------------------------------------------------------------- a killed add
+
+
+def _filter_processes(parent: int) -> list[int]:
+    """PIDs of git-theta filter processes below process ``parent``."""
+    children: dict[int, list[int]] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [parent]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if "filter-process" in commands.get(child, ""):
+                found.append(child)
+    return found
+
+
+def _limits() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_during_add_of_a_large_checkpoint_loses_nothing(repo: Repo) -> None:
+    commit(repo, v1(), "v1")
+    staged = repo.git("ls-files", "-s").stdout
+    gen = torch.Generator().manual_seed(7)
+    big = {f"block.{i}": torch.randn(2_500_000, generator=gen) for i in range(30)}  # 300 MB
+    save(repo, big)
+    model = repo.path / "model.pt"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    store = repo.path / OBJECTS
+    before = repo.objects()
+    tmp = repo.path / ".git" / "lfs" / "tmp"
+
+    env = {**os.environ, "GIT_THETA_THREADS": "1"}
+    add = subprocess.Popen(
+        ["git", "add", "model.pt"],
+        cwd=repo.path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=_limits,
+    )
+    killed = False
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and add.poll() is None:
+            if len(repo.objects() - before) >= 3:  # in the middle of storing the tensors
+                for pid in _filter_processes(add.pid):
+                    os.kill(pid, 9)
+                    killed = True
+                if killed:
+                    break
+            time.sleep(0.005)
+        _, err = add.communicate(timeout=120)
+    finally:
+        if add.poll() is None:
+            add.kill()
+            add.wait()
+    assert killed, "the add finished before the filter could be killed"
+    assert add.returncode != 0 and b"model.pt" in err
+
+    assert repo.git("ls-files", "-s").stdout == staged  # the index is as before
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == digest  # and the file
+    for path in store.rglob("*"):  # every object visible is whole
+        if path.is_file():
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    leftovers = sorted(p.name for p in tmp.iterdir() if p.name.startswith("theta-"))
+    assert leftovers  # the spooled input at least: what gc is for
+
+    repo.git("add", "model.pt")
+    assert repo.theta("fsck").returncode == 0
+    sizes = {name: (tmp / name).stat().st_size for name in leftovers}
+    gc = repo.theta("gc", "--prune=now")
+    assert gc.stdout == "".join(
+        f"deleted temporary file .git/lfs/tmp/{name} ({size_text(size)})\n"
+        for name, size in sizes.items()
+    )
+    assert [p for p in tmp.iterdir() if p.name.startswith("theta-")] == []
+    model.unlink()
+    repo.git("checkout", "--", "model.pt")
+    assert_same_object(load(repo), big)
