@@ -215,12 +215,16 @@ def test_checkout_of_a_corrupt_object_fails_and_leaves_no_wrong_file(repo: Repo)
     assert sorted(p.name for p in repo.path.iterdir()) == [".git", ".gitattributes"]
 
 
-def test_git_add_of_an_intact_copy_repairs_a_corrupt_object(repo: Repo) -> None:
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_git_add_of_an_intact_copy_repairs_an_object(repo: Repo, damage: str) -> None:
     state = v1()
     commit(repo, state, "v1")
     oid = oids(repo, "HEAD:model.pt")["layers.1.weight"]
     good = object_path(repo, oid).read_bytes()
-    flip_bit(object_path(repo, oid))
+    if damage == "corrupt":
+        flip_bit(object_path(repo, oid))
+    else:
+        object_path(repo, oid).unlink()
     assert repo.theta("fsck", check=False).returncode == 1
     save(repo, state)  # an intact copy of the checkpoint, written again
     repo.git("add", "model.pt")
@@ -322,6 +326,35 @@ def test_gc_frees_exactly_what_a_deleted_branch_needed(repo: Repo) -> None:
     assert_same_object(load(repo), state)
     repo.git("stash", "pop", "-q")  # on the commit it was made on
     assert_same_object(load(repo), stashed)
+
+
+def test_gc_keeps_git_lfs_copy_an_lfs_pointer_names(
+    shared: tuple[Repo, Path, LfsServer],
+) -> None:
+    a, _, _ = shared
+    a.git("checkout", "-q", "-b", "side")
+    commit(a, v1(), "side")
+    a.git("push", "-q", "origin", "side")  # links the objects into git-lfs's directory
+    oid = oids(a, "side:model.pt")["layers.0.weight"]
+    lfs_copy = a.path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
+    assert lfs_copy.is_file()
+    a.git("checkout", "-q", "main")
+    a.git("config", "filter.lfs.process", "git-lfs filter-process")  # git-lfs's filter
+    a.git("config", "filter.lfs.required", "true")
+    a.git("lfs", "track", "data.bin")
+    (a.path / "data.bin").write_bytes(object_path(a, oid).read_bytes())  # the same bytes
+    a.git("add", ".gitattributes", "data.bin")
+    a.git("commit", "-q", "-m", "a plain LFS file")
+    assert a.blob("HEAD:data.bin").startswith(b"version https://git-lfs")
+    a.git("branch", "-q", "-D", "side")
+    a.git("push", "-q", "origin", ":side")
+    a.git("reflog", "expire", "--expire=now", "--all")
+    a.theta("gc", "--prune=now")
+    assert a.objects() == set()  # nothing of git-theta's is needed any more
+    assert lfs_copy.is_file()  # but git-lfs's copy is: data.bin's pointer names it
+    (a.path / "data.bin").unlink()
+    a.git("checkout", "--", "data.bin")
+    assert hashlib.sha256((a.path / "data.bin").read_bytes()).hexdigest() == oid
 
 
 def test_gc_expiry_from_config_never_and_bad_dates(repo: Repo) -> None:
