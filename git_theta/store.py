@@ -11,7 +11,7 @@ linked into the store when first looked up. Only ``git theta gc`` deletes object
 
 Writes go to a temporary file under ``<lfs dir>/tmp`` while hashing and are renamed into
 place, so a crash never leaves a partial object. An object is *sound* when its bytes hash
-to its oid; that is checked once per file and remembered by the file's size, times and
+to its oid; that is checked once per file (git-lfs checks what it downloads) and remembered by the file's size, times and
 inode in ``<lfs dir>/theta/verified`` (a write to the file changes its modification time,
 so a changed object is checked again; ``git theta fsck`` hashes every object). Writing an object whose stored copy is not sound
 replaces that copy. A read-only store still serves the objects it has.
@@ -158,6 +158,22 @@ class ObjectStore:
         except OSError:
             return  # git-lfs's copy only, or a read-only store: nothing gc would delete
         self._remember(oid, own)
+
+    def accept_download(self, ref: ObjectRef) -> None:
+        """Take in an object ``git lfs fetch`` has just downloaded, as sound: git-lfs checks
+        each download's sha256 before it keeps it, so it is not hashed again here (nothing
+        when it is not there, or not of its recorded size)."""
+        own = _oid_path(self.objects_dir, ref.oid)
+        twin = self.lfs_path(ref.oid)
+        try:
+            if twin.stat().st_size != ref.size:
+                return
+        except OSError:
+            return
+        if not own.is_file():
+            self._adopt(ref.oid)
+        if own.is_file() and os.path.samefile(own, twin):
+            self._remember(ref.oid, own)
 
     # ------------------------------------------------------------------ checking
 

@@ -72,6 +72,8 @@ def fetch_missing(repo: Repo, located: list[Located], remote: str | None = None)
         lfs.fetch(remote, {oid: size for oid, (size, _) in needed.items()}, repo.top)
     except GitError as exc:
         reason = exc
+    for oid, (size, _) in needed.items():
+        store.accept_download(ObjectRef(oid, size))
     still = {oid: v for oid, v in needed.items() if not store.has(oid)}
     if still:
         names = [n for _, ns in still.values() for n in ns]

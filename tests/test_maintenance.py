@@ -435,8 +435,11 @@ def test_git_lfs_prune_after_push_loses_nothing(
     states = [v1()]
     states.append(changed(states[0], 1, 100))
     states.append(changed(states[1], 2, 200))
-    commits = [commit(a, s, f"v{i}") for i, s in enumerate(states, 1)]
+    commits = [commit(a, states[0], "v1")]
     a.git("push", "-q", "origin", "main")
+    commits += [commit(a, s, f"v{i}") for i, s in enumerate(states[1:], 2)]
+    a.git("lfs", "prune")  # two commits not pushed yet
+    a.git("push", "-q", "origin", "main")  # still has every object to upload
     a.git("lfs", "prune")
     for rev, state in zip(commits, states, strict=True):
         a.git("checkout", "-q", rev)

@@ -280,3 +280,16 @@ def test_set_aside_keeps_a_separate_sound_git_lfs_copy(store: ObjectStore) -> No
     own.write_bytes(DATA.upper())
     assert store.set_aside(OID) is not None
     assert store.path(OID).read_bytes() == DATA  # taken in from git-lfs's good copy
+
+
+def test_a_download_is_taken_in_as_sound_without_hashing(store: ObjectStore) -> None:
+    twin = store.lfs_path(OID)
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(DATA)
+    store.accept_download(ObjectRef(OID, len(DATA)))
+    own = store.objects_dir / OID[:2] / OID[2:4] / OID
+    assert own.is_file() and os.path.samefile(own, twin)
+    line = (store.lfs_dir / "theta" / "verified").read_text().split()
+    assert line[:2] == [OID, str(len(DATA))]
+    store.accept_download(ObjectRef("0" * 64, 1))  # not downloaded: nothing happens
+    assert not (store.objects_dir / "00").exists()
