@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from git_theta import history, transfer, updates
 from git_theta.errors import ThetaError
@@ -36,6 +37,8 @@ class Problem:
     oid: str = ""  # the object at fault; "" when the objects are sound but do not decode
 
     def __str__(self) -> str:
+        if not self.tensor:  # the manifest itself
+            return f"{self.where}: {self.what}"
         return f"{self.where}: tensor `{self.tensor}`: {self.what}"
 
 
@@ -70,10 +73,14 @@ def _needs(located: list[Located]) -> _Needs:
     return needs
 
 
-def scope(repo: Repo, everything: bool) -> list[Located]:
+def scope(
+    repo: Repo, everything: bool, damaged: list[tuple[str, str]] | None = None
+) -> list[Located]:
     """The manifests to check: HEAD's and the index's, or (``everything``) all that the
-    repository keeps."""
-    return history.everything(repo) if everything else history.current(repo)
+    repository keeps; those that do not parse go to ``damaged``."""
+    if everything:
+        return history.everything(repo, damaged=damaged)
+    return history.current(repo, damaged)
 
 
 def _decodes(repo: Repo, record: TensorRecord) -> str | None:
@@ -138,10 +145,13 @@ def fsck(
     """Check the objects of the manifests in scope (see ``scope``); with ``fetch``, download
     the missing and corrupt ones again from ``remote`` (default: git-lfs's) and check them
     again."""
-    located = scope(repo, everything)
+    damaged: list[tuple[str, str]] = []
+    located = scope(repo, everything, damaged)
     needs = _needs(located)
-    result = Result(len(located), len(needs.objects), len(needs.records))
-    bad, result.problems = _check(repo, needs, None, progress)
+    result = Result(len(located) + len(damaged), len(needs.objects), len(needs.records))
+    unreadable = [Problem(where, "", f"not a readable manifest: {what}") for where, what in damaged]
+    bad, found = _check(repo, needs, None, progress)
+    result.problems = sorted(unreadable + found, key=lambda p: (p.where, p.tensor, p.what))
     if not (fetch and bad):
         return result
     remote = remote or lfs.default_remote(repo.top)
@@ -152,14 +162,18 @@ def fsck(
             "with --remote"
         )
         return result
-    aside = {oid: repo.store.set_aside(oid) for oid in bad}
+    aside: dict[str, Path] = {}
     wanted = [item for item in located if any(o in bad for o in item.manifest.objects())]
     try:
+        for oid in bad:
+            moved = repo.store.set_aside(oid)
+            if moved is not None:
+                aside[oid] = moved
         transfer.fetch_missing(repo, wanted, remote)
     except ThetaError as exc:
         result.fetch_error = str(exc)
-    for oid, path in aside.items():
-        if path is not None:
+    finally:  # also when interrupted: nothing set aside is left behind
+        for oid, path in aside.items():
             repo.store.put_back(oid, path)  # dropped when a good copy came
     still, again = _check(repo, needs, set(bad), None)
     result.repaired = sorted(oid for oid in bad if oid not in still)

@@ -1,13 +1,17 @@
 """``git theta gc``: delete the objects nothing in the repository needs any more, and the
 temporary files of processes that were killed.
 
-Needed is what any manifest anything keeps names: every ref, reflog entry, stash entry and
-worktree index (the scanner's ``scan_all``), manifests at any path. A damaged manifest's
-objects are kept too: every object id in its text counts. git-lfs's name for an object
+Needed is what any manifest git keeps names: every blob reachable from a ref (tags of blobs
+included, replacements not followed), a reflog entry (stash entries among them) or the
+index of any worktree (``scan.reachable_blobs``, git's own notion of what it keeps), at any
+path. A damaged manifest's objects are kept too, and a large one is read in pieces: every
+object id in its text counts. git-lfs's name for an object
 (the hard link made for a push) goes with it unless an LFS pointer in history names the
 same oid. Objects and temporary files modified after the expiry are kept whatever, so a
 ``git add`` running meanwhile never loses an object it has just written (``put`` gives an
-object it finds already stored a new modification time for the same reason).
+object it finds already stored a new modification time for the same reason, and gc looks
+at an object's time again just before deleting it). A store that ``lfs.storage`` puts
+outside the repository may hold other repositories' objects: gc refuses to touch it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from git_theta.errors import ManifestError, UsageError
-from git_theta.gitio import scan
+from git_theta.gitio import git, scan
 from git_theta.manifest import looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
 
@@ -45,6 +49,7 @@ class Result:
     freed: int = 0  # bytes given back to the file system
     kept_recent: int = 0  # unneeded files spared because they are newer than the expiry
     needed: int = 0
+    failed: list[str] = field(default_factory=list)  # files that could not be deleted, why
 
 
 def expiry_cutoff(repo: Repo, when: str | None) -> float | None:
@@ -69,25 +74,64 @@ def expiry_cutoff(repo: Repo, when: str | None) -> float | None:
 
 
 def needed_objects(repo: Repo) -> tuple[set[str], set[str]]:
-    """(oids that manifests anything keeps need, oids that LFS pointers name)."""
+    """(oids that manifests anything keeps need, oids that LFS pointers name).
+
+    Every blob git keeps counts (``scan.reachable_blobs``), whatever its path or size: a
+    manifest larger than the scanner's limit is read in pieces, and every object id in its
+    text is kept.
+    """
     manifests: set[str] = set()
     pointers: set[str] = set()
-    for found in scan.scan_all(repo.top, theta_only=False, prefix=(b"{", _LFS_POINTER)):
-        if found.data.startswith(_LFS_POINTER):
-            pointers.update(m.decode() for m in _LFS_OID.findall(found.data[:1024]))
-        elif looks_like_manifest(found.data):
+    sizes = scan.reachable_blobs(repo.top)
+    small = sorted(sha for sha, size in sizes.items() if size <= scan.DEFAULT_LIMIT)
+    for _, data in scan.read_blobs(repo.top, small, (b"{", _LFS_POINTER)):
+        if data.startswith(_LFS_POINTER):
+            pointers.update(m.decode() for m in _LFS_OID.findall(data[:1024]))
+        elif looks_like_manifest(data):
             try:
-                manifest = parse_if_manifest(found.data)
+                manifest = parse_if_manifest(data)
             except ManifestError:  # damaged: keep whatever it might name
-                manifests.update(m.decode() for m in _OID_TEXT.findall(found.data))
+                manifests.update(m.decode() for m in _OID_TEXT.findall(data))
                 continue
             if manifest is not None:
                 manifests.update(manifest.objects())
+    for sha in sorted(sha for sha, size in sizes.items() if size > scan.DEFAULT_LIMIT):
+        manifests.update(_oids_in_large_blob(repo, sha))
     return manifests, pointers
+
+
+def _oids_in_large_blob(repo: Repo, sha: str) -> set[str]:
+    """Every object id in the text of a large blob that starts like a manifest (JSON)."""
+    found: set[str] = set()
+    tail = b""
+    for index, piece in enumerate(git.stream_blob(sha, repo.top)):
+        if index == 0 and not piece.startswith(b"{"):
+            return found  # not JSON: no manifest
+        text = tail + piece
+        found.update(m.decode() for m in _OID_TEXT.findall(text))
+        tail = text[-63:]  # an id cut by the piece boundary is found with the next piece
+    return found
+
+
+def _shared_store(repo: Repo) -> Path | None:
+    """The object directory when ``lfs.storage`` puts it outside this repository's git
+    directory (other repositories may keep objects there too), else None."""
+    try:
+        repo.lfs_dir.resolve().relative_to(repo.common_dir.resolve())
+    except ValueError:
+        return repo.lfs_dir
+    return None
 
 
 def gc(repo: Repo, prune: str | None = None, dry_run: bool = False) -> Result:
     """Delete (or with ``dry_run`` list) unneeded objects and old temporary files."""
+    shared = _shared_store(repo)
+    if shared is not None:
+        raise UsageError(
+            f"objects are kept in {shared} (lfs.storage), outside this repository, where "
+            "other repositories may keep theirs: gc cannot see what those need, so it "
+            "deletes nothing there"
+        )
     cutoff = expiry_cutoff(repo, prune)
     needed, pointed = needed_objects(repo)
     store = repo.store
@@ -98,20 +142,33 @@ def gc(repo: Repo, prune: str | None = None, dry_run: bool = False) -> Result:
         if cutoff is None or stored.mtime >= cutoff:
             result.kept_recent += 1
             continue
+        if dry_run:
+            result.deleted.append(Deletion("object", oid, stored.size))
+            continue
+        try:
+            freed = store.delete(oid, lfs_copy=oid not in pointed, older_than=cutoff)
+        except OSError as exc:
+            result.failed.append(f"object {oid}: {exc.strerror or exc}")
+            continue
+        if freed is None:  # stored again meanwhile
+            result.kept_recent += 1
+            continue
         result.deleted.append(Deletion("object", oid, stored.size))
-        if not dry_run:
-            result.freed += store.delete(oid, lfs_copy=oid not in pointed)
+        result.freed += freed
     for tmp in store.temporary_files():
         if cutoff is None or tmp.mtime >= cutoff:
             result.kept_recent += 1
             continue
-        result.deleted.append(Deletion("temporary file", str(tmp.path), tmp.size))
         if not dry_run:
             try:
                 tmp.path.unlink()
-                result.freed += tmp.size
             except FileNotFoundError:
-                pass  # its process finished meanwhile
+                continue  # its process finished meanwhile
+            except OSError as exc:
+                result.failed.append(f"temporary file {tmp.path}: {exc.strerror or exc}")
+                continue
+            result.freed += tmp.size
+        result.deleted.append(Deletion("temporary file", str(tmp.path), tmp.size))
     if dry_run:
         result.freed = sum(d.size for d in result.deleted)
     elif result.deleted:

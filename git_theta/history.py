@@ -26,15 +26,20 @@ class Located:
     blob: str = ""  # its blob id, when it was found in history
 
 
-def _manifests(blobs: Iterable[scan.Blob]) -> list[Located]:
-    """The blobs that are manifests, parsed (damaged ones are left out)."""
+def _manifests(
+    blobs: Iterable[scan.Blob], damaged: list[tuple[str, str]] | None = None
+) -> list[Located]:
+    """The blobs that are manifests, parsed; damaged ones are left out (and listed in
+    ``damaged`` as (where, what is wrong), when given)."""
     located = []
     for found in blobs:
         if not looks_like_manifest(found.data):
             continue
         try:
             manifest = parse_if_manifest(found.data)
-        except ManifestError:
+        except ManifestError as exc:
+            if damaged is not None:
+                damaged.append((found.where, str(exc)))
             continue
         if manifest is not None:
             located.append(Located(found.where, manifest, found.blob))
@@ -69,20 +74,22 @@ def at_revisions(repo: Repo, revs: list[str]) -> list[Located]:
     return _manifests(scan.scan_trees(repo.top, revs))
 
 
-def current(repo: Repo) -> list[Located]:
+def current(repo: Repo, damaged: list[tuple[str, str]] | None = None) -> list[Located]:
     """Manifests at any path in HEAD's tree and in this work tree's index (each blob once,
-    named by the commit when HEAD has it)."""
-    found = []
+    named by the commit when HEAD has it); damaged ones go to ``damaged``."""
+    blobs: list[scan.Blob] = []
     head = repo.git(["rev-parse", "-q", "--verify", "HEAD^{commit}"], check=False)
     if head.returncode == 0:
         commit = head.stdout.decode().strip()
-        found = _manifests(scan.scan_trees(repo.top, [commit], theta_only=False))
-    seen = {item.blob for item in found}
-    indexed = _manifests(scan.scan_index(repo.top, theta_only=False))
-    return found + [item for item in indexed if item.blob not in seen]
+        blobs = list(scan.scan_trees(repo.top, [commit], theta_only=False))
+    seen = {found.blob for found in blobs}
+    blobs += [b for b in scan.scan_index(repo.top, theta_only=False) if b.blob not in seen]
+    return _manifests(blobs, damaged)
 
 
-def everything(repo: Repo, theta_only: bool = False) -> list[Located]:
+def everything(
+    repo: Repo, theta_only: bool = False, damaged: list[tuple[str, str]] | None = None
+) -> list[Located]:
     """Every manifest anything in the repository keeps: refs, reflogs, stashes, the index of
-    every worktree (see ``gitio.scan.scan_all``)."""
-    return _manifests(scan.scan_all(repo.top, theta_only=theta_only))
+    every worktree (see ``gitio.scan.scan_all``); damaged ones go to ``damaged``."""
+    return _manifests(scan.scan_all(repo.top, theta_only=theta_only), damaged)

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -133,31 +134,49 @@ class ObjectStore:
                     size += len(chunk)
             oid = digest.hexdigest()
             ref = ObjectRef(oid, size)
-            if self.is_sound(ref):
+            if self.is_sound(ref) and self._freshen(oid):
                 os.unlink(tmp_name)
-                self._freshen(oid)
-            else:
+            else:  # not stored, not sound, or deleted meanwhile (by gc): this copy goes in
                 final = _oid_path(self.objects_dir, oid)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp_name, 0o644)
                 os.replace(tmp_name, final)
                 self._remember(oid, final)
+                self._relink_lfs_copy(oid)
         except BaseException:
             if os.path.exists(tmp_name):
                 os.unlink(tmp_name)
             raise
         return ref
 
-    def _freshen(self, oid: str) -> None:
+    def _freshen(self, oid: str) -> bool:
         """Give a kept object a new modification time, as if just written: ``git theta gc``
         spares objects younger than its expiry, so one that a running ``git add`` is about
-        to name in a manifest is never deleted under it (git freshens its objects alike)."""
+        to name in a manifest is never deleted under it (git freshens its objects alike).
+        False when the store's copy is gone (deleted meanwhile, or only git-lfs has it)."""
         own = _oid_path(self.objects_dir, oid)
         try:
             os.utime(own)
         except OSError:
-            return  # git-lfs's copy only, or a read-only store: nothing gc would delete
+            return False
         self._remember(oid, own)
+        return True
+
+    def _relink_lfs_copy(self, oid: str) -> None:
+        """Make git-lfs's name for ``oid``, where there is one, the store's (sound) file: a
+        copy replaced in the store must not stay damaged under git-lfs's name, which a push
+        uploads from."""
+        own = _oid_path(self.objects_dir, oid)
+        twin = self.lfs_path(oid)
+        with contextlib.suppress(OSError):
+            if twin.exists() and not os.path.samefile(twin, own):
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.tmp_dir / f"{TMP_PREFIX}link-{os.getpid()}-{threading.get_ident()}"
+                try:
+                    os.link(own, tmp)
+                    os.replace(tmp, twin)
+                finally:
+                    tmp.unlink(missing_ok=True)
 
     def accept_download(self, ref: ObjectRef) -> None:
         """Take in an object ``git lfs fetch`` has just downloaded, as sound: git-lfs checks
@@ -238,6 +257,7 @@ class ObjectStore:
         fd, aside = tempfile.mkstemp(dir=self.tmp_dir, prefix=TMP_PREFIX)
         os.close(fd)
         os.replace(own, aside)
+        os.utime(aside)  # a new temporary file: gc's expiry spares it
         return Path(aside)
 
     def put_back(self, oid: str, aside: Path) -> None:
@@ -322,8 +342,12 @@ class ObjectStore:
         for oid in oids:
             target = self.lfs_path(oid)
             own = _oid_path(self.objects_dir, oid)
-            if not target.is_file() and own.is_file():
+            if not own.is_file():
+                continue
+            if not target.is_file():
                 _link_or_copy(own, target, self.tmp_dir)
+            else:
+                self._relink_lfs_copy(oid)  # upload the store's sound bytes, nothing else
 
     def objects(self) -> Iterator[tuple[str, StoredFile]]:
         """Every object in the store (not git-lfs's directory), as (oid, file)."""
@@ -336,28 +360,39 @@ class ObjectStore:
                 if not second.is_dir():
                     continue
                 for path in sorted(second.iterdir()):
-                    if path.is_file() and valid_oid(path.name):
-                        st = path.stat()
-                        yield path.name, StoredFile(path, st.st_size, st.st_mtime)
+                    if valid_oid(path.name):
+                        try:  # gone meanwhile (a concurrent fsck --fetch): skipped
+                            st = path.stat()
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISREG(st.st_mode):
+                            yield path.name, StoredFile(path, st.st_size, st.st_mtime)
 
     def temporary_files(self) -> Iterator[StoredFile]:
         """git-theta's temporary files (objects being written, spooled input)."""
         if not self.tmp_dir.is_dir():
             return
         for path in sorted(self.tmp_dir.iterdir()):
-            if path.name.startswith(TMP_PREFIX) and path.is_file():
-                st = path.stat()
-                yield StoredFile(path, st.st_size, st.st_mtime)
+            if path.name.startswith(TMP_PREFIX):
+                try:  # renamed into place meanwhile: skipped
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield StoredFile(path, st.st_size, st.st_mtime)
 
-    def delete(self, oid: str, lfs_copy: bool) -> int:
+    def delete(self, oid: str, lfs_copy: bool, older_than: float | None = None) -> int | None:
         """Delete object ``oid`` from the store, and git-lfs's name for the same file when
         ``lfs_copy`` (only when it is that very file, a hard link we made); returns the bytes
-        freed."""
+        freed, or None when it was kept because it was modified at or after ``older_than``
+        (a concurrent ``git add`` storing it again). Raises OSError when it cannot be deleted."""
         own = _oid_path(self.objects_dir, oid)
         try:
             st = own.stat()
         except FileNotFoundError:
             return 0
+        if older_than is not None and st.st_mtime >= older_than:
+            return None
         removed = 1
         twin = self.lfs_path(oid)
         if lfs_copy and twin.is_file() and os.path.samefile(twin, own):

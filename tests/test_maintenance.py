@@ -387,6 +387,92 @@ def test_gc_expiry_from_config_never_and_bad_dates(repo: Repo) -> None:
     assert repo.objects() == set()
 
 
+def _orphan_side_branch(repo: Repo) -> set[str]:
+    """Commit a checkpoint on branch `side` only; returns the oids it needs."""
+    repo.git("checkout", "-q", "-b", "side")
+    commit(repo, changed(v1(), 2, 200), "side")
+    needed = set(oids(repo, "side:model.pt").values())
+    repo.git("checkout", "-q", "main")
+    return needed
+
+
+def _forget_side(repo: Repo) -> None:
+    repo.git("branch", "-q", "-D", "side")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+
+
+def test_gc_keeps_what_a_tag_of_a_blob_keeps(repo: Repo) -> None:
+    commit(repo, v1(), "v1")
+    needed = _orphan_side_branch(repo)
+    repo.git("tag", "model-side", "side:model.pt")  # a tag of the manifest blob itself
+    _forget_side(repo)
+    assert repo.theta("gc", "--prune=now").stdout == ""
+    assert needed <= repo.objects()
+    repo.git("tag", "-d", "model-side")
+    assert len(repo.theta("gc", "--prune=now").stdout.splitlines()) == 1  # layers.2 only
+
+
+def test_gc_keeps_what_the_index_of_a_vanished_worktree_keeps(repo: Repo, tmp_path: Path) -> None:
+    state = v1()
+    commit(repo, state, "v1")
+    repo.git("worktree", "add", "-q", str(tmp_path / "wt"))
+    other = Repo(tmp_path / "wt")
+    save(other, changed(state, 3, 300))
+    other.git("add", "model.pt")
+    staged = oids(other, ":model.pt")["layers.3.weight"]
+    subprocess.run(["rm", "-rf", str(other.path)], check=True)  # e.g. an unmounted drive
+    assert repo.theta("gc", "--prune=now").stdout == ""
+    assert staged in repo.objects()
+
+
+def test_gc_keeps_the_objects_a_large_manifest_names(repo: Repo) -> None:
+    commit(repo, v1(), "v1")
+    needed = _orphan_side_branch(repo)
+    manifest = json.loads(repo.blob("side:model.pt"))
+    manifest["padding"] = "x" * (65 << 20)  # larger than the scanner's 64 MiB limit
+    (repo.path / "big.json").write_text(json.dumps(manifest))
+    repo.git("add", "big.json")
+    repo.git("commit", "-q", "-m", "a large manifest-like file")
+    _forget_side(repo)
+    assert repo.theta("gc", "--prune=now").stdout == ""
+    assert needed <= repo.objects()
+
+
+def test_gc_refuses_a_store_outside_the_repository(repo: Repo, tmp_path: Path) -> None:
+    repo.git("config", "lfs.storage", str(tmp_path / "shared-lfs"))
+    commit(repo, v1(), "v1")
+    proc = repo.theta("gc", "--prune=now", check=False)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        f"git-theta: error: objects are kept in {tmp_path / 'shared-lfs'} (lfs.storage), "
+        "outside this repository, where other repositories may keep theirs: gc cannot see "
+        "what those need, so it deletes nothing there\n"
+    )
+
+
+def test_fsck_reports_a_manifest_it_cannot_read(repo: Repo) -> None:
+    commit(repo, v1(), "v1")
+    damaged = b'{"git_theta": 1, "tensors": 5}\n'
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=repo.path,
+            input=damaged,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    repo.git("update-index", "--cacheinfo", f"100644,{blob},model.pt")
+    proc = repo.theta("fsck", check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith(
+        f"model.pt in the index of {repo.path}: not a readable manifest: "
+    )
+    assert len(proc.stdout.splitlines()) == 1
+
+
 def test_gc_removes_temporary_files_of_killed_processes(repo: Repo) -> None:
     commit(repo, v1(), "v1")
     tmp = repo.path / ".git" / "lfs" / "tmp"

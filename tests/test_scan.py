@@ -165,3 +165,24 @@ def test_an_unknown_revision_is_a_clear_error(repo: Repo) -> None:
     proc = repo.theta("fetch", "origin", "no-such-branch", check=False)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr == f"git-theta: error: {info.value}\n"
+
+
+def test_scan_all_finds_a_manifest_only_a_merge_has_whatever_log_diff_merges_says(
+    repo: Repo,
+) -> None:
+    base = seeded_state_dict(4, 8, seed=0)
+    torch.save(base, repo.path / "model.pt")
+    repo.commit_file("model.pt", "v1")
+    repo.git("checkout", "-q", "-b", "other")
+    torch.save({**base, "layers.0.weight": torch.zeros(8, 8)}, repo.path / "model.pt")
+    repo.commit_file("model.pt", "other: layer 0")
+    repo.git("checkout", "-q", "main")
+    torch.save({**base, "layers.3.weight": torch.ones(8, 8)}, repo.path / "model.pt")
+    repo.commit_file("model.pt", "main: layer 3")
+    repo.git("merge", "-q", "--no-edit", "other")  # the manifests' text merges cleanly
+    merged = repo.git("rev-parse", "HEAD:model.pt").stdout.strip()
+    parents = {repo.git("rev-parse", f"HEAD^{n}:model.pt").stdout.strip() for n in (1, 2)}
+    assert merged not in parents  # only the merge commit has it
+    repo.git("checkout", "-q", "--detach", "HEAD^1")  # and not the index
+    repo.git("config", "log.diffMerges", "combined")
+    assert merged in _all(repo)

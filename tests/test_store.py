@@ -293,3 +293,48 @@ def test_a_download_is_taken_in_as_sound_without_hashing(store: ObjectStore) -> 
     assert line[:2] == [OID, str(len(DATA))]
     store.accept_download(ObjectRef("0" * 64, 1))  # not downloaded: nothing happens
     assert not (store.objects_dir / "00").exists()
+
+
+def test_a_replaced_copy_is_also_what_git_lfs_uploads(store: ObjectStore) -> None:
+    store.put([DATA])
+    store.export_to_lfs([OID])  # a hard link: one file, two names
+    with open(store.path(OID), "r+b") as f:  # decays in place, under both names
+        f.write(DATA.upper())
+    assert store.lfs_path(OID).read_bytes() == DATA.upper()
+    store.put([DATA])  # git add of an intact copy
+    assert store.path(OID).read_bytes() == DATA
+    assert store.lfs_path(OID).read_bytes() == DATA
+    assert os.path.samefile(store.path(OID), store.lfs_path(OID))
+
+
+def test_export_links_the_store_copy_over_a_separate_git_lfs_copy(store: ObjectStore) -> None:
+    store.put([DATA])
+    twin = store.lfs_path(OID)
+    twin.parent.mkdir(parents=True)
+    twin.write_bytes(DATA.upper())  # another, damaged file under git-lfs's name
+    store.export_to_lfs([OID])
+    assert twin.read_bytes() == DATA and os.path.samefile(twin, store.path(OID))
+
+
+def test_delete_spares_an_object_stored_again_after_the_cutoff(store: ObjectStore) -> None:
+    store.put([DATA])
+    assert store.delete(OID, lfs_copy=True, older_than=time.time() - 60) is None
+    assert store.has(OID)
+    assert store.delete(OID, lfs_copy=True, older_than=time.time() + 1) == len(DATA)
+
+
+def test_put_stores_again_an_object_deleted_after_it_was_found_sound(
+    store: ObjectStore,
+) -> None:
+    ref = store.put([DATA])
+    assert store.is_sound(ref)  # remembered
+    store.delete(OID, lfs_copy=True)  # gc, between the check and the freshening
+    assert store.put([DATA]) == ref
+    assert store.path(OID).read_bytes() == DATA
+
+
+def test_a_set_aside_copy_is_new_for_gc(store: ObjectStore) -> None:
+    store.put([DATA])
+    os.utime(store.path(OID), (1, 1))
+    aside = store.set_aside(OID)
+    assert aside is not None and aside.stat().st_mtime > time.time() - 60

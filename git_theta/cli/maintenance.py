@@ -87,6 +87,8 @@ def gc(dry_run: bool, prune: str | None) -> None:
     for item in result.deleted:
         name = gc_lib.display(item.name, repo.top)
         click.echo(f"{verb} {item.kind} {name} ({size_text(item.size)})")
+    for failure in result.failed:
+        report(f"warning: cannot delete {failure}")
     kept = f"; {result.kept_recent} newer than the expiry kept" if result.kept_recent else ""
     if dry_run:
         report(f"would free {size_text(result.freed)}{kept}")

@@ -148,6 +148,27 @@ def require_lfs() -> str:
     return proc.stdout.decode().strip()
 
 
+def stream_blob(sha: str, top: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The content of blob ``sha`` in pieces of ``chunk`` bytes (memory holds one piece);
+    the reader may stop early."""
+    proc = subprocess.Popen(
+        ["git", "cat-file", "blob", sha],
+        cwd=top,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        while piece := proc.stdout.read(chunk):
+            yield piece
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def blobs_starting_with(
     shas: list[str], prefix: bytes | tuple[bytes, ...], top: Path
 ) -> Iterator[tuple[str, bytes]]:

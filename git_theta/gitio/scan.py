@@ -129,6 +129,33 @@ def scan_all(
     yield from _read(top, refs, theta_only, prefix, limit)
 
 
+def reachable_blobs(top: Path) -> dict[str, int]:
+    """Every blob git itself keeps (what ``git gc`` would not prune), with its size: those
+    reachable from any ref (tags of blobs and trees included; replacements not followed),
+    any reflog entry, and the index of any worktree, also one whose directory is gone."""
+    listing = git.run(
+        [
+            "--no-replace-objects",
+            "rev-list",
+            "--objects",
+            "--all",
+            "--reflog",
+            "--indexed-objects",
+        ],
+        top,
+    ).stdout.decode(errors="replace")
+    shas = sorted({line.split(" ", 1)[0] for line in listing.splitlines() if line})
+    return _blob_sizes(top, shas)
+
+
+def read_blobs(
+    top: Path, shas: list[str], prefix: bytes | tuple[bytes, ...]
+) -> Iterator[tuple[str, bytes]]:
+    """(sha, content) of those blobs that start with ``prefix``, through one
+    ``git cat-file --batch`` (see ``git.blobs_starting_with``)."""
+    yield from git.blobs_starting_with(shas, prefix, top)
+
+
 def _log(top: Path, args: list[str]) -> list[_Ref]:
     """Blobs that the commits ``git log ARGS`` walks introduce, each at the first commit (in
     git's walk order) it appears at under each of its paths. Every blob of every walked commit's tree is
@@ -142,7 +169,7 @@ def _log(top: Path, args: list[str]) -> list[_Ref]:
             "-z",
             "--no-abbrev",
             "--root",
-            "-m",
+            "--diff-merges=separate",  # each parent, whatever log.diffMerges says
             "--no-renames",
             "--no-textconv",
             "--no-ext-diff",
@@ -216,16 +243,21 @@ def _read(
 
 def _blobs_within(top: Path, shas: list[str], limit: int) -> list[str]:
     """Those of ``shas`` that are blobs of at most ``limit`` bytes."""
+    return [sha for sha, size in _blob_sizes(top, shas).items() if size <= limit]
+
+
+def _blob_sizes(top: Path, shas: list[str]) -> dict[str, int]:
+    """Those of ``shas`` that are blobs, with their sizes."""
     if not shas:
-        return []
+        return {}
     check = git.run(
         ["cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)"],
         top,
         input="".join(s + "\n" for s in shas).encode(),
     )
-    small = []
+    sizes = {}
     for line in check.stdout.decode().splitlines():
         fields = line.split()
-        if len(fields) == 3 and fields[1] == "blob" and int(fields[2]) <= limit:
-            small.append(fields[0])
-    return small
+        if len(fields) == 3 and fields[1] == "blob":
+            sizes[fields[0]] = int(fields[2])
+    return sizes
