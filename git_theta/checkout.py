@@ -61,7 +61,7 @@ def checkout(repo: Repo, paths: list[str]) -> list[str]:
                 as_indexed.append(path)
     fetch_missing(repo, [Located(p, m) for p, m in todo.items()])
     for path, manifest in todo.items():
-        _rebuild(repo, path, manifest)
+        rebuild(repo, path, manifest)
     if as_indexed:  # the index recorded the manifest's size: record the rebuilt file's stat
         repo.git(["update-index", "-q", "--", *as_indexed])
     if restore_rest:
@@ -71,7 +71,7 @@ def checkout(repo: Repo, paths: list[str]) -> list[str]:
     return list(todo)
 
 
-def _rebuild(repo: Repo, path: str, manifest: Manifest) -> None:
+def rebuild(repo: Repo, path: str, manifest: Manifest) -> None:
     """Write the checkpoint of ``manifest`` to ``path`` atomically (temporary file, rename)."""
     target = repo.top / path
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,12 @@ commands alike. It wires the repository's index, store, settings and remote to t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from git_theta import filter as theta_filter
+from git_theta.errors import ManifestError
 from git_theta.history import Located
 from git_theta.manifest import Manifest, parse_if_manifest
 from git_theta.repo import Repo
@@ -20,8 +22,9 @@ from git_theta.transfer import fetch_missing
 class FilterDriver:
     """clean and smudge for the files of ``repo``, as git's filter drivers call them."""
 
-    def __init__(self, repo: Repo) -> None:
+    def __init__(self, repo: Repo, warn: Callable[[str], None] | None = None) -> None:
         self.repo = repo
+        self.warn = warn or (lambda message: None)
 
     def clean(self, pathname: str, src: Path, out: BinaryIO) -> None:
         """Checkpoint at ``src`` -> its manifest on ``out``, reusing the records of the
@@ -37,7 +40,20 @@ class FilterDriver:
         batch). Content that is not a manifest, or any content under ``skipSmudge``, is
         written unchanged."""
         data = src.read_bytes()
-        manifest = None if self.repo.config.skip_smudge else parse_if_manifest(data)
+        try:
+            manifest = None if self.repo.config.skip_smudge else parse_if_manifest(data)
+        except ManifestError:
+            if not has_conflict_markers(data):
+                raise
+            # a merge made where git-theta's merge driver was not configured: git merged
+            # the manifests as text; the text stays for the user to resolve
+            self.warn(
+                f"{pathname} holds a manifest with merge conflict markers (merged where "
+                "git-theta's merge driver was not configured), left as text: take one side "
+                f"with `git checkout --ours {pathname}` (or `--theirs`), or run "
+                "`git theta install`, `git merge --abort` and merge again"
+            )
+            manifest = None
         if manifest is None:
             out.write(data)
             return
@@ -53,3 +69,8 @@ class FilterDriver:
             self.clean(pathname, src, out)
         else:
             self.smudge(pathname, src, out)
+
+
+def has_conflict_markers(data: bytes) -> bool:
+    """Whether ``data`` holds git's conflict markers (a text merge that conflicted)."""
+    return (data.startswith(b"<<<<<<< ") or b"\n<<<<<<< " in data) and b"\n>>>>>>> " in data

@@ -119,7 +119,7 @@ def missing_objects(manifest: Manifest, store: ObjectStore) -> dict[str, list[st
     return {oid: names for oid, names in manifest.objects().items() if not store.has(oid)}
 
 
-def _load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarray:
+def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarray:
     itemsize = get_dtype(record.dtype).itemsize
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
@@ -209,14 +209,14 @@ class _AheadLoader:
             self._next += 1
             if name not in self._pending and name not in self._done:
                 record = self.manifest.tensors[name]
-                self._pending[name] = self.pool.submit(_load_tensor, name, record, self.store)
+                self._pending[name] = self.pool.submit(load_tensor, name, record, self.store)
 
     def load(self, name: str) -> np.ndarray:
         self._submit_ahead()
         self._done.add(name)
         future = self._pending.pop(name, None)
         if future is None:  # asked out of the declared order: load it now
-            return _load_tensor(name, self.manifest.tensors[name], self.store)
+            return load_tensor(name, self.manifest.tensors[name], self.store)
         result = future.result()
         self._submit_ahead()
         return result

@@ -26,6 +26,11 @@ FILTER_KEYS = {
     "filter.theta.smudge": "git-theta smudge %f",
     "filter.theta.required": "true",
 }
+MERGE_KEYS = {
+    "merge.theta.name": "git-theta: merge checkpoints tensor by tensor",
+    "merge.theta.driver": "git-theta merge-driver %O %A %B %P",
+}
+CONFIG_KEYS = {**FILTER_KEYS, **MERGE_KEYS}
 # `git config --global --list` of the private ~/.gitconfig that conftest writes.
 BASE_GLOBAL = [
     "user.name=Test",
@@ -35,7 +40,7 @@ BASE_GLOBAL = [
 ]
 INSTALLED = (
     "git-theta installed ({scope} config: filter.theta.process, filter.theta.clean, "
-    "filter.theta.smudge, filter.theta.required)\n"
+    "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver)\n"
 )
 NOT_A_CHECKPOINT = (
     "{name}: not a checkpoint git-theta can read: its content is not in any known format "
@@ -270,10 +275,10 @@ def test_install_global_writes_the_filter_keys_once(tmp_path: Path) -> None:
             "",
             INSTALLED.format(scope="global"),
         )
-        for key, value in FILTER_KEYS.items():
+        for key, value in CONFIG_KEYS.items():
             got = run("git", "config", "--global", "--get-all", key, cwd=tmp_path)
             assert text(got) == (0, value + "\n", ""), key
-        assert global_list(tmp_path) == BASE_GLOBAL + [f"{k}={v}" for k, v in FILTER_KEYS.items()]
+        assert global_list(tmp_path) == BASE_GLOBAL + [f"{k}={v}" for k, v in CONFIG_KEYS.items()]
 
 
 def hook_line(repo: Repo, verb: str = "installed in") -> str:
@@ -312,7 +317,7 @@ def test_uninstall_removes_exactly_the_installed_keys(tmp_path: Path, isolated_g
         0,
         "",
         "git-theta uninstalled (global config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver)\n",
     )
     # The unrelated key keeps the [filter "theta"] section (and itself) alive.
     assert global_list(tmp_path) == BASE_GLOBAL + ["filter.theta.foo=bar"]
@@ -337,7 +342,7 @@ def test_uninstall_leaves_a_changed_key_alone(tmp_path: Path) -> None:
         0,
         "",
         "git-theta uninstalled (global config: removed filter.theta.process, "
-        "filter.theta.smudge, filter.theta.required)\n",
+        "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver)\n",
     )
     assert global_list(tmp_path) == BASE_GLOBAL + ["filter.theta.clean=my-clean %f"]
 
@@ -363,7 +368,7 @@ def test_uninstall_local_restores_the_repository_config(
         "",
         hook_line(bare_repo, "removed from")
         + "git-theta uninstalled (local config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver)\n",
     )
     assert config.read_text() == before
     assert gitconfig(isolated_git) == global_before
@@ -381,7 +386,7 @@ def test_uninstall_local_keeps_the_hook_while_a_global_install_remains(
         0,
         "",
         "git-theta uninstalled (local config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver)\n",
     )
     assert bare_repo.git("config", "--get", "filter.theta.process").stdout == (
         "git-theta filter-process\n"

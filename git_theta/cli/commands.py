@@ -22,7 +22,7 @@ def root() -> None:
 
 
 def _register() -> None:
-    from git_theta.cli import files, filters, maintenance, remote, setup, track
+    from git_theta.cli import files, filters, maintenance, merging, remote, setup, track
 
     for command in (
         setup.install,
@@ -35,6 +35,8 @@ def _register() -> None:
         remote.checkout,
         maintenance.fsck,
         maintenance.gc,
+        merging.resolve,
+        merging.merge_driver,
         remote.hook,
         filters.clean,
         filters.smudge,

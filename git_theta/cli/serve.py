@@ -75,7 +75,7 @@ def filter_process() -> NoReturn:
 
                 from git_theta.driver import FilterDriver
 
-                drivers.append(FilterDriver(repo()))
+                drivers.append(FilterDriver(repo(), lambda m: report(f"warning: {m}")))
             finally:
                 gc.freeze()
                 gc.enable()

@@ -88,3 +88,11 @@ def candidate_files(top: Path) -> list[str]:
     """Files in the index or untracked-but-not-ignored, relative to the work tree root."""
     proc = git.run(["ls-files", "-z", "--cached", "--others", "--exclude-standard"], top)
     return sorted({p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p})
+
+
+def value(top: Path, path: str, attribute: str) -> str | None:
+    """The value git gives ``attribute`` for ``path`` (None when unspecified or unset)."""
+    proc = git.run(["check-attr", "-z", attribute, "--", path], top)
+    fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
+    found = fields[2] if len(fields) >= 3 else "unspecified"
+    return None if found in ("unspecified", "unset") else found

@@ -1,4 +1,4 @@
-"""Registering git-theta's filter driver in git config, and removing it again."""
+"""Registering git-theta's filter and merge drivers in git config, and removing them again."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 from git_theta.errors import UsageError
 from git_theta.gitio import git
 
-FILTER_KEYS = {
+CONFIG_KEYS = {
     "filter.theta.process": "git-theta filter-process",
     "filter.theta.clean": "git-theta clean %f",
     "filter.theta.smudge": "git-theta smudge %f",
     "filter.theta.required": "true",
+    "merge.theta.name": "git-theta: merge checkpoints tensor by tensor",
+    "merge.theta.driver": "git-theta merge-driver %O %A %B %P",
 }
 
 
@@ -25,28 +27,27 @@ def install(scope: str, top: Path | None) -> list[str]:
     """Write the filter driver to git config at ``scope`` (``local``: of the repository at
     ``top``); returns the keys written."""
     git.require_lfs()
-    for key, value in FILTER_KEYS.items():
+    for key, value in CONFIG_KEYS.items():
         git.run(["config", *_scope_args(scope), key, value], top)
-    return list(FILTER_KEYS)
+    return list(CONFIG_KEYS)
 
 
 def uninstall(scope: str, top: Path | None) -> list[str]:
     """Remove the keys ``install`` wrote (only while they still hold its values)."""
     removed = []
-    for key, value in FILTER_KEYS.items():
+    for key, value in CONFIG_KEYS.items():
         current = git.run(["config", *_scope_args(scope), "--get", key], top, check=False)
         if current.returncode == 0 and current.stdout.decode().strip() == value:
             git.run(["config", *_scope_args(scope), "--unset", key], top)
             removed.append(key)
-    section = git.run(
-        ["config", *_scope_args(scope), "--get-regexp", r"^filter\.theta\."], top, check=False
-    )
-    if section.returncode != 0:  # nothing of the section left: drop its empty header
-        git.run(
-            ["config", *_scope_args(scope), "--remove-section", "filter.theta"],
+    for section in ("filter.theta", "merge.theta"):
+        left = git.run(
+            ["config", *_scope_args(scope), "--get-regexp", f"^{section.replace('.', '[.]')}[.]"],
             top,
             check=False,
         )
+        if left.returncode != 0:  # nothing of the section left: drop its empty header
+            git.run(["config", *_scope_args(scope), "--remove-section", section], top, check=False)
     return removed
 
 
