@@ -148,8 +148,21 @@ def _merge(base: Any, ours: Any, theirs: Any, path: list[str], conflicts: list[s
     if all(isinstance(v, dict) for v in (ours, theirs)) and (
         base is _ABSENT or isinstance(base, dict)
     ):
-        if _is_pairs(ours) and _is_pairs(theirs) and (base is _ABSENT or _is_pairs(base)):
-            return {"dict": _merge_pairs(base, ours, theirs, path, conflicts)}
+        if (
+            _is_pair_node(ours)
+            and set(ours) == set(theirs)
+            and (base is _ABSENT or (_is_pair_node(base) and set(base) == set(ours)))
+        ):  # a torch dict or OrderedDict (with its attributes): key by key
+            return {
+                kind: _merge_pairs(
+                    _ABSENT if base is _ABSENT else base[kind],
+                    ours[kind],
+                    theirs[kind],
+                    path if kind != "attrs" else [*path, "(attributes)"],
+                    conflicts,
+                )
+                for kind in ours
+            }
         if len(ours) == 1 or len(theirs) == 1:  # a torch node ({"int": 3}, {"list": …}): whole
             conflicts.append(_value_conflict(base, ours, theirs, path))
             return ours
@@ -177,10 +190,22 @@ def _value_conflict(base: Any, ours: Any, theirs: Any, path: list[str]) -> str:
     )
 
 
-def _is_pairs(value: dict[str, Any]) -> bool:
-    """Whether ``value`` is a torch checkpoint's dict node: ``{"dict": [[key, value], ...]}``."""
-    pairs = value.get("dict") if len(value) == 1 else None
-    return isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+_PAIR_KINDS = frozenset({"dict", "odict", "attrs"})
+
+
+def _is_pair_node(value: Any) -> bool:
+    """Whether ``value`` is a torch checkpoint's dict node: ``{"dict": [[key, value], ...]}``,
+    or an OrderedDict's ``{"odict": [...]}`` with its ``"attrs"`` when it has some."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and set(value) <= _PAIR_KINDS
+        and ("attrs" not in value or len(value) == 2)
+        and all(
+            isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+            for pairs in value.values()
+        )
+    )
 
 
 def _label(key: Any) -> str:
@@ -188,14 +213,15 @@ def _label(key: Any) -> str:
 
 
 def _merge_pairs(
-    base: Any, ours: dict[str, Any], theirs: dict[str, Any], path: list[str], conflicts: list[str]
+    base: Any, ours: list[Any], theirs: list[Any], path: list[str], conflicts: list[str]
 ) -> list[list[Any]]:
-    """Merge torch dict nodes key by key; ours' order, then keys only theirs adds."""
+    """Merge the ``[key, value]`` lists of torch dict nodes key by key; ours' order, then
+    keys only theirs adds."""
 
-    def entries(node: Any) -> dict[str, tuple[Any, Any]]:
-        if node is _ABSENT:
+    def entries(pairs: Any) -> dict[str, tuple[Any, Any]]:
+        if pairs is _ABSENT:
             return {}
-        return {json.dumps(k, sort_keys=True): (k, v) for k, v in node["dict"]}
+        return {json.dumps(k, sort_keys=True): (k, v) for k, v in pairs}
 
     b, o, t = entries(base), entries(ours), entries(theirs)
     merged = []

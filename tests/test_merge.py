@@ -505,3 +505,27 @@ def test_plan_per_tensor() -> None:
     assert plan.conflicts == [
         "tensor `i`: changed on both sides, and a int32 tensor cannot be merged by arithmetic"
     ]
+
+
+def test_values_of_an_ordered_dict_merge_key_by_key(repo: Repo) -> None:
+    from collections import OrderedDict
+
+    weight = torch.ones(2, 2)
+
+    def state(a: int, b: int) -> dict[str, Any]:
+        return {"cfg": OrderedDict(a=a, b=b), "w": weight}
+
+    branches(repo, state(10, 2), state(1, 20), state(1, 2))
+    proc = merge(repo)
+    assert proc.returncode == 0, proc.stderr
+    merged = load(repo)
+    assert type(merged["cfg"]) is OrderedDict
+    assert_same_object(merged, state(10, 20))
+    repo.git("reset", "-q", "--hard", "HEAD^1")
+    repo.git("checkout", "-q", "other")
+    commit(repo, state(1, 30), "theirs again")
+    repo.git("checkout", "-q", "main")
+    commit(repo, state(10, 40), "ours again")
+    proc = merge(repo)
+    assert proc.returncode == 1
+    assert "git-theta:   value `cfg/b`: 2 -> 40 in ours, 30 in theirs\n" in proc.stderr
