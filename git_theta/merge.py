@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from git_theta import methods, threeway, updates
-from git_theta.errors import ManifestError
+from git_theta.errors import ManifestError, ThetaError
 from git_theta.gitio import attributes
 from git_theta.history import Located
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
@@ -39,6 +39,22 @@ class Outcome:
     resolved: list[str]  # tensors the method resolved
 
 
+def configured_parameters(repo: Repo) -> tuple[str | None, str | None, str | None]:
+    """The merge parameters (weight, lambda, density) as text, from the environment, else
+    git config; raises UsageError naming the setting of a bad one."""
+    texts = []
+    for key in ("weight", "lambda", "density"):
+        variable, setting = f"{ENV}{key.upper()}", f"theta.merge.{key}"
+        text = os.environ.get(variable)
+        where = variable
+        if text is None:
+            text, where = repo.git_config.get(setting), setting
+        alone = [text if k == key else None for k in ("weight", "lambda", "density")]
+        methods.parse("conflict", alone[0], alone[1], alone[2], source=where)  # names it
+        texts.append(text)
+    return texts[0], texts[1], texts[2]
+
+
 def method_for(repo: Repo, path: str) -> Method:
     """The merge method for ``path``: ``GIT_THETA_MERGE_METHOD``, else the ``theta-merge``
     attribute of the path, else ``theta.merge.method``, else ``conflict``; parameters from
@@ -56,17 +72,7 @@ def method_for(repo: Repo, path: str) -> Method:
     else:
         name, source = "conflict", ""
     chosen = methods.parse(name, source=source)
-    texts = []
-    for key in ("weight", "lambda", "density"):
-        variable, setting = f"{ENV}{key.upper()}", f"theta.merge.{key}"
-        text = os.environ.get(variable)
-        where = variable
-        if text is None:
-            text, where = repo.git_config.get(setting), setting
-        alone = [text if k == key else None for k in ("weight", "lambda", "density")]
-        methods.parse("conflict", alone[0], alone[1], alone[2], source=where)  # names it
-        texts.append(text)
-    return methods.parse(chosen.name, texts[0], texts[1], texts[2])
+    return methods.parse(chosen.name, *configured_parameters(repo))
 
 
 def _parse(data: bytes, side: str) -> Manifest:
@@ -88,12 +94,35 @@ def merge(
         return Outcome(None, [f"{exc}: git-theta cannot merge it"], method, [])
     plan = threeway.plan(base_m, ours_m, theirs_m)
     conflicts = list(plan.conflicts)
-    if plan.both and method.name == "conflict":
+    if plan.both and (conflicts or method.name == "conflict"):  # all of them, listed
         conflicts += [f"tensor `{name}`: changed on both sides" for name in plan.both]
     if conflicts:
         return Outcome(None, sorted(conflicts), method, [])
     resolved = _resolve(repo, path, plan, method)
-    return Outcome(plan.manifest(resolved).to_bytes(), [], method, sorted(resolved))
+    merged = plan.manifest(resolved)
+    problem = _inconsistency(merged)
+    if problem:
+        return Outcome(None, [problem], method, [])
+    return Outcome(merged.to_bytes(), [], method, sorted(resolved))
+
+
+def _inconsistency(merged: Manifest) -> str:
+    """Why the merged manifest could not be checked out ("" when it can): each side's
+    changes are sound alone, but not every pair of them fits together (a tie to a tensor
+    the other side deleted)."""
+    from git_theta import formats
+    from git_theta.formats import TensorData
+
+    try:
+        Manifest.from_bytes(merged.to_bytes())
+        tensors = {
+            name: TensorData(r.dtype, r.shape, lambda: np.zeros(0))
+            for name, r in merged.tensors.items()
+        }
+        formats.get(merged.format["name"]).write_order(merged.format, tensors, merged.aliases)
+    except (ThetaError, KeyError, ValueError, TypeError) as exc:
+        return f"the two sides' changes do not fit together: {exc}"
+    return ""
 
 
 def _resolve(repo: Repo, path: str, plan: threeway.Plan, method: Method) -> dict[str, TensorRecord]:

@@ -6,10 +6,15 @@ and round once to the tensor's dtype:
 
 - ``average``: ``w * ours + (1 - w) * theirs``;
 - ``task-arithmetic``: ``base + λ * ((ours - base) + (theirs - base))``;
-- ``ties`` (TIES-merging): task vectors ``δ = x - base``, each trimmed to the ``density``
-  fraction of its entries largest in magnitude (the rest set to 0); the elected sign of an
-  entry is the sign of the sum of the trimmed ``δ``; the merged ``δ`` is the mean of the
-  trimmed entries whose sign agrees with it (0 where none does); result ``base + λ * δ``.
+- ``ties`` (TIES-merging, as mergekit does it): task vectors ``δ = x - base``, each trimmed
+  to the ``density`` fraction of its entries largest in magnitude (at least one entry; the
+  rest set to 0); the elected sign of an entry is the sign of the sum of the trimmed ``δ``
+  (positive for a sum of 0); the merged ``δ`` is the mean of the trimmed, non-zero entries
+  whose sign agrees with it (0 where none does); result ``base + λ * δ``.
+
+Rounding is done once: float64 to the tensor's dtype, correctly rounded also for bfloat16
+and the float8 types (which ml_dtypes reaches through float32: the float32 step rounds to
+odd, so the second rounding cannot land on the wrong side).
 
 ``conflict`` (the default) resolves nothing.
 """
@@ -90,7 +95,7 @@ def parse(
 
 def _trim(delta: np.ndarray, density: float) -> np.ndarray:
     """``delta`` with all but its ``density`` fraction of largest-magnitude entries zeroed."""
-    keep = int(density * delta.size)
+    keep = max(1, int(density * delta.size))  # a small tensor keeps its largest change
     if keep >= delta.size:
         return delta
     out = np.zeros_like(delta)
@@ -111,7 +116,7 @@ def combine(method: Method, base: np.ndarray, ours: np.ndarray, theirs: np.ndarr
         deltas = np.stack(
             [_trim(ours - base, method.density), _trim(theirs - base, method.density)]
         )
-        elected = np.sign(deltas.sum(axis=0))
+        elected = np.where(deltas.sum(axis=0) >= 0, 1.0, -1.0)
         agree = (np.sign(deltas) == elected) & (deltas != 0)
         count = agree.sum(axis=0)
         total = np.where(agree, deltas, 0.0).sum(axis=0)
@@ -145,4 +150,23 @@ def from_float64(values: np.ndarray, dtype_name: str, word: np.dtype) -> np.ndar
     """float64 values rounded once to ``dtype_name``, as canonical words of type ``word``."""
     kind = float_type(dtype_name)
     assert kind is not None
-    return np.ascontiguousarray(values.astype(kind)).view(word)
+    with np.errstate(over="ignore"):  # out of the dtype's range: inf, as rounding gives
+        if dtype_name in ("float64", "float32", "float16"):  # numpy rounds these directly
+            return np.ascontiguousarray(values.astype(kind)).view(word)
+        return np.ascontiguousarray(_to_float32_odd(values).astype(kind)).view(word)
+
+
+def _to_float32_odd(values: np.ndarray) -> np.ndarray:
+    """float64 to float32 rounded to odd: truncated toward zero, with the lowest mantissa
+    bit set when that dropped anything. A later rounding to a type of at most 22 mantissa
+    bits then gives the correctly rounded result."""
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, stepped back below
+        near = values.astype(np.float32)
+    back = near.astype(np.float64)
+    finite = np.isfinite(values)
+    inexact = finite & (back != values)
+    bits = near.view(np.uint32).copy()
+    over = inexact & (np.abs(back) > np.abs(values))  # rounded away from zero: step back
+    bits[over] -= 1
+    bits[inexact] |= 1
+    return bits.view(np.float32)

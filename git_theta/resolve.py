@@ -5,9 +5,11 @@ from __future__ import annotations
 from git_theta import merge
 from git_theta.checkout import rebuild
 from git_theta.errors import UsageError
+from git_theta.history import Located
 from git_theta.manifest import Manifest
 from git_theta.methods import Method
 from git_theta.repo import Repo
+from git_theta.transfer import fetch_missing
 
 
 def resolve(repo: Repo, path: str, method: Method) -> tuple[str, merge.Outcome]:
@@ -33,6 +35,11 @@ def resolve(repo: Repo, path: str, method: Method) -> tuple[str, merge.Outcome]:
     outcome = merge.merge(repo, full, blobs.get(1, b""), blobs[2], blobs[3], method)
     if outcome.manifest is None:
         return full, outcome
+    # the work tree first (every object fetched, written through a temporary file): when
+    # that fails, the index still records the conflict
+    merged = Manifest.from_bytes(outcome.manifest)
+    fetch_missing(repo, [Located(full, merged)])
+    rebuild(repo, full, merged)
     mode = next(e.mode for e in entries if e.stage == 2)
     blob = (
         repo.git(["hash-object", "-w", "--stdin"], input=outcome.manifest).stdout.decode().strip()
@@ -40,6 +47,5 @@ def resolve(repo: Repo, path: str, method: Method) -> tuple[str, merge.Outcome]:
     # the path's entries (every stage) out, the merged one in at stage 0
     entries_in = f"0 {'0' * len(blob)}\t{full}\n{mode} {blob}\t{full}\n"
     repo.git(["update-index", "--index-info"], input=entries_in.encode())
-    rebuild(repo, full, Manifest.from_bytes(outcome.manifest))
     repo.git(["update-index", "-q", "--", full])  # the stat of the file just written
     return full, outcome

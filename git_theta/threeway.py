@@ -75,6 +75,7 @@ def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> Plan:
             continue
         if taken is not None:
             decided[name] = taken
+    conflicts += _tie_conflicts(base, ours, theirs)
     added_ours = {n for n in ours.tensors if n not in base_tensors}
     added_theirs = {n for n in theirs.tensors if n not in base_tensors}
     if added_ours and added_theirs and added_ours != added_theirs:
@@ -93,6 +94,31 @@ def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> Plan:
         both,
         conflicts,
     )
+
+
+def _effective(manifest: Manifest | None, name: str) -> tuple[str | None, Any]:
+    """How ``name`` is held in ``manifest`` (tied to which tensor, or None) and its values'
+    key (through the tie)."""
+    if manifest is None:
+        return None, None
+    target = manifest.aliases.get(name)
+    return target, _key(manifest.tensors.get(target if target is not None else name))
+
+
+def _tie_conflicts(base: Manifest | None, ours: Manifest, theirs: Manifest) -> list[str]:
+    """A tensor tied to another on one side and not on the other (or tied differently) whose
+    values differ between the sides: merging the records alone would lose one side's values
+    (changes made through the tie)."""
+    tied = {*ours.aliases, *theirs.aliases, *(base.aliases if base else {})}
+    found = []
+    for name in sorted(tied):
+        (tie_o, val_o), (tie_t, val_t) = _effective(ours, name), _effective(theirs, name)
+        if tie_o != tie_t and val_o != val_t:
+            found.append(
+                f"tensor `{name}`: tied to another tensor on one side and not on the other "
+                "(or tied differently), and its values differ"
+            )
+    return found
 
 
 def _names(names: set[str]) -> str:

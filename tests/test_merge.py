@@ -94,14 +94,14 @@ def ties(base: np.ndarray, xs: list[np.ndarray], density: float, lam: float) -> 
     trimmed = []
     for x in xs:
         delta = torch.from_numpy((x - base).reshape(-1))
-        keep = int(density * delta.numel())
+        keep = max(1, int(density * delta.numel()))
         kept = torch.zeros_like(delta)
         if keep:
             index = torch.topk(delta.abs(), keep).indices
             kept[index] = delta[index]
         trimmed.append(kept.numpy())
     stacked = np.stack(trimmed)
-    sign = np.sign(stacked.sum(axis=0))
+    sign = np.where(stacked.sum(axis=0) >= 0, 1.0, -1.0)
     agree = (np.sign(stacked) == sign) & (stacked != 0)
     count = agree.sum(axis=0)
     mean = np.where(count > 0, np.where(agree, stacked, 0).sum(axis=0) / np.maximum(count, 1), 0)
@@ -529,3 +529,99 @@ def test_values_of_an_ordered_dict_merge_key_by_key(repo: Repo) -> None:
     proc = merge(repo)
     assert proc.returncode == 1
     assert "git-theta:   value `cfg/b`: 2 -> 40 in ours, 30 in theirs\n" in proc.stderr
+
+
+def test_ties_keeps_the_largest_change_of_a_small_tensor() -> None:
+    base = np.zeros(4)
+    ours, theirs = np.array([0.5, 0.1, 0.0, 0.0]), np.array([0.0, 0.2, 0.0, -0.3])
+    merged = methods.combine(methods.Method("ties"), base, ours, theirs)  # density 0.2
+    assert merged.tolist() == [0.5, 0.0, 0.0, -0.3]
+
+
+def test_rounding_to_bfloat16_and_float8_is_done_once() -> None:
+    import ml_dtypes
+
+    values = np.array([1.38671874999, -1.38671874999, 1 + 2**-4 + 2**-40, np.inf, np.nan])
+    words = methods.from_float64(values, "bfloat16", np.dtype("<u2"))
+    got = words.view(ml_dtypes.bfloat16).astype(np.float64)
+    assert got[:4].tolist() == [1.3828125, -1.3828125, 1.0625, np.inf] and np.isnan(got[4])
+    words = methods.from_float64(np.array([1 + 2**-4 + 2**-40]), "float8_e4m3fn", np.dtype("<u1"))
+    assert words.view(ml_dtypes.float8_e4m3fn).astype(np.float64).tolist() == [1.125]
+
+
+def test_a_criss_cross_merge_does_not_drop_a_side(repo: Repo) -> None:
+    base = base_state()
+    commit(repo, base, "base")
+    repo.git("checkout", "-q", "-b", "b")
+    x2 = with_layer(base, 1, 2)
+    commit(repo, x2, "b: x2")
+    repo.git("checkout", "-q", "main")
+    x1 = with_layer(base, 1, 1)
+    commit(repo, x1, "main: x1")
+    repo.git("merge", "-q", "-s", "ours", "--no-edit", "b~0")  # keeps x1
+    repo.git("checkout", "-q", "b")
+    repo.git("merge", "-q", "-s", "ours", "--no-edit", "main~1")  # keeps x2
+    repo.git("checkout", "-q", "main")
+    proc = subprocess.run(
+        ["git", "merge", "--no-edit", "b"], cwd=repo.path, capture_output=True, text=True
+    )
+    assert proc.returncode == 1  # x1 against x2: a conflict, not one side silently
+    assert repo.git("status", "--porcelain").stdout == "UU model.pt\n"
+    assert_same_object(load(repo), x1)
+
+
+def test_ties_between_tensors_never_lose_a_side(repo: Repo) -> None:
+    base = base_state()
+    a = "layers.0.weight"
+    tied = {**base, "layers.1.weight": base[a].detach()}  # ours ties layer 1 to layer 0
+    deleted = {k: v for k, v in base.items() if k != a}  # theirs deletes layer 0
+    branches(repo, tied, deleted, base)
+    proc = merge(repo)
+    assert proc.returncode == 1, proc.stderr
+    assert repo.git("status", "--porcelain").stdout == "UU model.pt\n"
+    assert_same_object(load(repo), tied)
+    repo.git("merge", "--abort")
+
+    repo.git("checkout", "-q", "-b", "tie", "main~1")  # the base
+    state = {**base, "layers.1.weight": base[a].detach()}  # shares layer 0's storage
+    commit(repo, state, "tied")
+    assert json.loads(repo.blob("HEAD:model.pt"))["aliases"] == {"layers.1.weight": a}
+    repo.git("checkout", "-q", "-b", "untied")
+    commit(repo, {**state, "layers.1.weight": base[a].clone()}, "untied, same values")
+    repo.git("checkout", "-q", "tie")
+    trained = base[a] + 1
+    commit(repo, {**state, a: trained, "layers.1.weight": trained.detach()}, "trained, tied")
+    proc = subprocess.run(
+        ["git", "merge", "--no-edit", "untied"], cwd=repo.path, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert "tensor `layers.1.weight`: tied to another tensor on one side" in proc.stderr
+
+
+def test_the_message_lists_every_tensor_changed_on_both_sides(repo: Repo) -> None:
+    base = base_state()
+    ours = {"model": with_layer(base, 1, 11), "epoch": 2}
+    theirs = {"model": with_layer(base, 1, 22), "epoch": 3}
+    branches(repo, ours, theirs, {"model": base, "epoch": 1})
+    proc = merge(repo, env={"GIT_THETA_MERGE_METHOD": "average"})
+    assert proc.returncode == 1
+    assert "git-theta:   tensor `model/layers.1.weight`: changed on both sides\n" in proc.stderr
+    assert "git-theta:   value `epoch`: 1 -> 2 in ours, 3 in theirs\n" in proc.stderr
+
+
+def test_resolve_changes_nothing_when_the_merged_checkpoint_cannot_be_written(
+    repo: Repo,
+) -> None:
+    base = base_state()
+    ours = with_layer(base, 1, 11)
+    theirs = with_layer(with_layer(base, 1, 22), 3, 33)  # and layer 3, on their side only
+    branches(repo, ours, theirs, base)
+    assert merge(repo).returncode == 1
+    oid = oids(repo, "other:model.pt")["layers.3.weight"]
+    store = repo.path / ".git" / "lfs" / "theta" / "objects"
+    (store / oid[:2] / oid[2:4] / oid).unlink()  # not local, and no remote to fetch it from
+    proc = repo.theta("resolve", "model.pt", "--method", "average", check=False)
+    assert proc.returncode == 1
+    assert "layers.3.weight" in proc.stderr
+    assert repo.git("status", "--porcelain").stdout == "UU model.pt\n"
+    assert_same_object(load(repo), ours)

@@ -71,9 +71,20 @@ def _replace(target: Path, data: bytes) -> None:
     metavar="METHOD",
     help="ours, theirs, base, average, task-arithmetic or ties.",
 )
-@click.option("--weight", metavar="W", help="average: the weight of ours (default 0.5).")
-@click.option("--lambda", "lam", metavar="L", help="task-arithmetic, ties: scale (default 1).")
-@click.option("--density", metavar="D", help="ties: fraction of each change kept (default 0.2).")
+@click.option(
+    "--weight", metavar="W", help="average: the weight of ours (default: theta.merge.weight, 0.5)."
+)
+@click.option(
+    "--lambda",
+    "lam",
+    metavar="L",
+    help="task-arithmetic, ties: scale (default: theta.merge.lambda, 1).",
+)
+@click.option(
+    "--density",
+    metavar="D",
+    help="ties: fraction of each change kept (default: theta.merge.density, 0.2).",
+)
 def resolve(path: str, name: str, weight: str | None, lam: str | None, density: str | None) -> None:
     """Resolve a conflicted checkpoint: merge the tensors changed on both sides by METHOD.
 
@@ -84,12 +95,19 @@ def resolve(path: str, name: str, weight: str | None, lam: str | None, density: 
     tensor's shape or dtype, cannot be resolved so: take one side whole with
     `git checkout --ours PATH` or `--theirs PATH`.
     """
-    from git_theta import methods
+    from git_theta import merge, methods
     from git_theta import resolve as resolve_lib
     from git_theta.repo import Repo
 
     repo = Repo.open(Path.cwd())
-    method = methods.parse(name, weight, lam, density, source="--method")
+    configured = merge.configured_parameters(repo)  # what the options do not say
+    method = methods.parse(
+        name,
+        weight if weight is not None else configured[0],
+        lam if lam is not None else configured[1],
+        density if density is not None else configured[2],
+        source="--method",
+    )
     full, outcome = resolve_lib.resolve(repo, path, method)
     if outcome.manifest is None:
         for line in outcome.conflicts:

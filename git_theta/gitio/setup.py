@@ -14,6 +14,9 @@ CONFIG_KEYS = {
     "filter.theta.required": "true",
     "merge.theta.name": "git-theta: merge checkpoints tensor by tensor",
     "merge.theta.driver": "git-theta merge-driver %O %A %B %P",
+    # the inner merge of several merge bases (a criss-cross) keeps a conflict a conflict:
+    # a virtual base silently made of one side would let the outer merge drop the other
+    "merge.theta.recursive": "binary",
 }
 
 
