@@ -134,6 +134,25 @@ def _unpack(blob: bytes | memoryview) -> dict[bytes, bytes]:
 def decode(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> np.ndarray:
     """Decode a blob made by ``encode`` (its bytes, or the path of a stored object, read in
     place); checks it holds ``words`` words of type ``word``."""
+    array = _open(blob, word, words)
+    try:
+        return np.ascontiguousarray(array.read().result())
+    except Exception as exc:
+        raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+
+
+def decode_pieces(path: Path, word: np.dtype, words: int, piece: int) -> Iterator[np.ndarray]:
+    """The words of a stored object, ``piece`` words at a time (memory holds one piece)."""
+    array = _open(path, word, words)
+    for start in range(0, words, piece):
+        try:
+            yield np.ascontiguousarray(array[start : min(words, start + piece)].read().result())
+        except Exception as exc:
+            raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+
+
+def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
+    """The tensorstore array of a blob, checked to hold ``words`` words of type ``word``."""
     import tensorstore as ts
 
     context = ts.Context()
@@ -159,7 +178,4 @@ def decode(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> np.nd
             f"object holds {array.dtype.name}[{', '.join(map(str, array.shape))}], "
             f"expected {word.name}[{words}]"
         )
-    try:
-        return np.ascontiguousarray(array.read().result())
-    except Exception as exc:
-        raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+    return array

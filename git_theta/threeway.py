@@ -147,7 +147,7 @@ def _why_not_resolvable(
     return ""
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     """A non-tensor value for a message: a torch leaf as its plain value, else JSON."""
     if value is _ABSENT:
         return "(absent)"
@@ -175,9 +175,9 @@ def _merge(base: Any, ours: Any, theirs: Any, path: list[str], conflicts: list[s
         base is _ABSENT or isinstance(base, dict)
     ):
         if (
-            _is_pair_node(ours)
+            is_pair_node(ours)
             and set(ours) == set(theirs)
-            and (base is _ABSENT or (_is_pair_node(base) and set(base) == set(ours)))
+            and (base is _ABSENT or (is_pair_node(base) and set(base) == set(ours)))
         ):  # a torch dict or OrderedDict (with its attributes): key by key
             return {
                 kind: _merge_pairs(
@@ -211,15 +211,15 @@ def _merge(base: Any, ours: Any, theirs: Any, path: list[str], conflicts: list[s
 
 def _value_conflict(base: Any, ours: Any, theirs: Any, path: list[str]) -> str:
     return (
-        f"value `{_describe(path)}`: {_show(base)} -> {_show(ours)} in ours, "
-        f"{_show(theirs)} in theirs"
+        f"value `{_describe(path)}`: {show_value(base)} -> {show_value(ours)} in ours, "
+        f"{show_value(theirs)} in theirs"
     )
 
 
 _PAIR_KINDS = frozenset({"dict", "odict", "attrs"})
 
 
-def _is_pair_node(value: Any) -> bool:
+def is_pair_node(value: Any) -> bool:
     """Whether ``value`` is a torch checkpoint's dict node: ``{"dict": [[key, value], ...]}``,
     or an OrderedDict's ``{"odict": [...]}`` with its ``"attrs"`` when it has some."""
     return (
@@ -235,7 +235,7 @@ def _is_pair_node(value: Any) -> bool:
 
 
 def _label(key: Any) -> str:
-    return key if isinstance(key, str) else _show(key)
+    return key if isinstance(key, str) else show_value(key)
 
 
 def _merge_pairs(

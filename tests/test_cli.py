@@ -30,6 +30,9 @@ MERGE_KEYS = {
     "merge.theta.name": "git-theta: merge checkpoints tensor by tensor",
     "merge.theta.driver": "git-theta merge-driver %O %A %B %P",
     "merge.theta.recursive": "binary",
+    "diff.theta.command": "git-theta diff-driver",
+    "diff.theta.textconv": "git-theta textconv",
+    "diff.theta.cachetextconv": "true",
 }
 CONFIG_KEYS = {**FILTER_KEYS, **MERGE_KEYS}
 # `git config --global --list` of the private ~/.gitconfig that conftest writes.
@@ -41,7 +44,7 @@ BASE_GLOBAL = [
 ]
 INSTALLED = (
     "git-theta installed ({scope} config: filter.theta.process, filter.theta.clean, "
-    "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive)\n"
+    "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive, diff.theta.command, diff.theta.textconv, diff.theta.cachetextconv)\n"
 )
 NOT_A_CHECKPOINT = (
     "{name}: not a checkpoint git-theta can read: its content is not in any known format "
@@ -318,7 +321,7 @@ def test_uninstall_removes_exactly_the_installed_keys(tmp_path: Path, isolated_g
         0,
         "",
         "git-theta uninstalled (global config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive, diff.theta.command, diff.theta.textconv, diff.theta.cachetextconv)\n",
     )
     # The unrelated key keeps the [filter "theta"] section (and itself) alive.
     assert global_list(tmp_path) == BASE_GLOBAL + ["filter.theta.foo=bar"]
@@ -343,7 +346,7 @@ def test_uninstall_leaves_a_changed_key_alone(tmp_path: Path) -> None:
         0,
         "",
         "git-theta uninstalled (global config: removed filter.theta.process, "
-        "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive)\n",
+        "filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive, diff.theta.command, diff.theta.textconv, diff.theta.cachetextconv)\n",
     )
     assert global_list(tmp_path) == BASE_GLOBAL + ["filter.theta.clean=my-clean %f"]
 
@@ -369,7 +372,7 @@ def test_uninstall_local_restores_the_repository_config(
         "",
         hook_line(bare_repo, "removed from")
         + "git-theta uninstalled (local config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive, diff.theta.command, diff.theta.textconv, diff.theta.cachetextconv)\n",
     )
     assert config.read_text() == before
     assert gitconfig(isolated_git) == global_before
@@ -387,7 +390,7 @@ def test_uninstall_local_keeps_the_hook_while_a_global_install_remains(
         0,
         "",
         "git-theta uninstalled (local config: removed filter.theta.process, "
-        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive)\n",
+        "filter.theta.clean, filter.theta.smudge, filter.theta.required, merge.theta.name, merge.theta.driver, merge.theta.recursive, diff.theta.command, diff.theta.textconv, diff.theta.cachetextconv)\n",
     )
     assert bare_repo.git("config", "--get", "filter.theta.process").stdout == (
         "git-theta filter-process\n"

@@ -22,7 +22,7 @@ def root() -> None:
 
 
 def _register() -> None:
-    from git_theta.cli import files, filters, maintenance, merging, remote, setup, track
+    from git_theta.cli import diffs, files, filters, maintenance, merging, remote, setup, track
 
     for command in (
         setup.install,
@@ -36,6 +36,11 @@ def _register() -> None:
         maintenance.fsck,
         maintenance.gc,
         merging.resolve,
+        diffs.diff,
+        diffs.log,
+        diffs.show,
+        diffs.diff_driver,
+        diffs.textconv,
         merging.merge_driver,
         remote.hook,
         filters.clean,

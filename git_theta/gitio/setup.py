@@ -17,6 +17,9 @@ CONFIG_KEYS = {
     # the inner merge of several merge bases (a criss-cross) keeps a conflict a conflict:
     # a virtual base silently made of one side would let the outer merge drop the other
     "merge.theta.recursive": "binary",
+    "diff.theta.command": "git-theta diff-driver",
+    "diff.theta.textconv": "git-theta textconv",
+    "diff.theta.cachetextconv": "true",
 }
 
 
@@ -43,7 +46,7 @@ def uninstall(scope: str, top: Path | None) -> list[str]:
         if current.returncode == 0 and current.stdout.decode().strip() == value:
             git.run(["config", *_scope_args(scope), "--unset", key], top)
             removed.append(key)
-    for section in ("filter.theta", "merge.theta"):
+    for section in ("filter.theta", "merge.theta", "diff.theta"):
         left = git.run(
             ["config", *_scope_args(scope), "--get-regexp", f"^{section.replace('.', '[.]')}[.]"],
             top,

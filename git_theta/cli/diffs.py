@@ -1,0 +1,240 @@
+"""git theta diff / log / show, and the diff driver git runs (`git-theta diff-driver`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from git_theta.cli.output import size_text
+
+if TYPE_CHECKING:
+    from git_theta.diffing import FileDiff, TensorChange
+
+JSON_SCHEMA_VERSION = 1
+
+
+def _kind(shape: tuple[str, tuple[int, ...]] | None) -> str:
+    if shape is None:
+        return ""
+    return f"{shape[0]} {list(shape[1])}"
+
+
+def _tensor_line(change: TensorChange) -> str:
+    mark = {"added": "A", "removed": "D", "modified": "M"}[change.status]
+    if change.status == "added":
+        return f"{mark} {change.name} {_kind(change.new)}"
+    if change.status == "removed":
+        return f"{mark} {change.name} {_kind(change.old)}"
+    if change.old != change.new:
+        return f"{mark} {change.name} {_kind(change.old)} → {_kind(change.new)}"
+    line = f"{mark} {change.name} {_kind(change.new)}"
+    if change.changed is None:
+        return line + ": figures missing"
+    share = 100.0 * change.changed / change.entries if change.entries else 0.0
+    line += f": {share:.2f}% of {change.entries} entries changed, ‖Δ‖ {change.l2:.6g}"
+    relative = change.relative
+    if relative is not None:
+        line += f" ({100.0 * relative:.4g}% of ‖old‖)"
+    return line
+
+
+def render(diff: FileDiff) -> list[str]:
+    """The text of one checkpoint's changes (nothing when it did not change)."""
+    if diff.empty:
+        return []
+    lines = [f"diff --theta a/{diff.path} b/{diff.path}"]
+    lines += [_tensor_line(t) for t in diff.tensors]
+    lines += [f"~ {v.path}: {v.old} → {v.new}" for v in diff.values]
+    if diff.missing:
+        lines.append(f"! figures missing: {diff.missing}")
+    lines.append(
+        f"= {diff.count('added')} added, {diff.count('removed')} removed, "
+        f"{diff.count('modified')} modified tensors; {len(diff.values)} values changed"
+    )
+    return lines
+
+
+def as_json(diff: FileDiff) -> dict[str, Any]:
+    """One checkpoint's changes in the documented JSON schema (README, `--format json`)."""
+
+    def side(shape: tuple[str, tuple[int, ...]] | None) -> dict[str, Any] | None:
+        return None if shape is None else {"dtype": shape[0], "shape": list(shape[1])}
+
+    return {
+        "path": diff.path,
+        "tensors": [
+            {
+                "name": t.name,
+                "status": t.status,
+                "old": side(t.old),
+                "new": side(t.new),
+                "entries": t.entries if t.status == "modified" and t.old == t.new else None,
+                "changed_entries": t.changed,
+                "l2": t.l2,
+                "old_l2": t.old_l2,
+                "relative_l2": t.relative,
+                "bytes_changed": t.bytes_changed,
+            }
+            for t in diff.tensors
+        ],
+        "values": [{"path": v.path, "old": v.old, "new": v.new} for v in diff.values],
+        "figures_missing": diff.missing or None,
+        "totals": {
+            "added": diff.count("added"),
+            "removed": diff.count("removed"),
+            "modified": diff.count("modified"),
+            "values": len(diff.values),
+            "bytes_changed": diff.bytes_changed,
+        },
+    }
+
+
+@click.command("diff-driver", hidden=True)
+@click.argument("args", nargs=-1)
+def diff_driver(args: tuple[str, ...]) -> None:
+    """git's external diff: PATH OLD-FILE OLD-HEX OLD-MODE NEW-FILE NEW-HEX NEW-MODE."""
+    from git_theta import diffing
+    from git_theta import diffs as diffs_lib
+    from git_theta.repo import Repo
+
+    if len(args) < 7:  # an unmerged path: git passes only its name
+        click.echo(f"* Unmerged path {args[0] if args else ''}")
+        return
+    path, _, old_hex, _, new_file, new_hex, _ = args[:7]
+    repo = Repo.open(Path.cwd())
+    old = diffs_lib.manifest_of_blob(repo, old_hex)
+    new = (
+        diffs_lib.manifest_of_blob(repo, new_hex)
+        if not diffs_lib.is_null(new_hex)
+        else diffs_lib.manifest_of_file(repo, path, Path(new_file))
+    )
+    diff = diffing.compare(repo, path, old, new)
+    for line in render(diff):
+        click.echo(line)
+
+
+@click.command()
+@click.argument("args", nargs=-1)
+@click.option("--cached", "--staged", is_flag=True, help="Compare the index with HEAD (or REV).")
+@click.option("--stat", is_flag=True, help="One line per checkpoint: tensors and bytes changed.")
+@click.option("--name-only", is_flag=True, help="Only the paths of changed checkpoints.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: the documented schema (see README).",
+)
+@click.option("--exit-code", is_flag=True, help="Exit 1 when anything changed, else 0.")
+def diff(
+    args: tuple[str, ...], cached: bool, stat: bool, name_only: bool, fmt: str, exit_code: bool
+) -> None:
+    """Show what changed inside checkpoints: [REV [REV]] [-- PATH...].
+
+    Like `git diff`: no REV compares the work tree with the index (--cached: the index with
+    HEAD), one REV the work tree (--cached: the index) with REV, two REVs the two commits.
+    Per checkpoint: one line per tensor added (A), removed (D) or modified (M; the fraction
+    of entries changed, the L2 norm of the difference and its size relative to the old
+    tensor's), one per non-tensor value changed (~), then totals.
+    """
+    from git_theta import diffs as diffs_lib
+    from git_theta.errors import UsageError
+    from git_theta.repo import Repo
+
+    revs, paths = list(args), []
+    if "--" in revs:
+        at = revs.index("--")
+        revs, paths = revs[:at], revs[at + 1 :]
+    if len(revs) > 2:
+        raise UsageError("give at most two revisions (then `--` and paths)")
+    repo = Repo.open(Path.cwd())
+    found = diffs_lib.diff(repo, revs, paths, cached, figures=not (stat or name_only))
+    changed = [d for d in found if not d.empty]
+    if fmt == "json":
+        document = {"git_theta_diff": JSON_SCHEMA_VERSION, "files": [as_json(d) for d in changed]}
+        click.echo(json.dumps(document, indent=2))
+    elif name_only:
+        for d in changed:
+            click.echo(d.path)
+    elif stat:
+        for d in changed:
+            click.echo(
+                f" {d.path} | {d.count('added')} added, {d.count('removed')} removed, "
+                f"{d.count('modified')} modified, {len(d.values)} values; "
+                f"{size_text(d.bytes_changed)} changed"
+            )
+        if changed:
+            click.echo(f" {len(changed)} checkpoints changed")
+    else:
+        for d in changed:
+            for line in render(d):
+                click.echo(line)
+    if exit_code and changed:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("args", nargs=-1)
+def log(args: tuple[str, ...]) -> None:
+    """Per commit, the checkpoints it changed: [REV-RANGE] [-- PATH...].
+
+    For each checkpoint a commit changed: tensors added, removed and modified, and the bytes
+    of objects it stored that its parent's version did not have.
+    """
+    from git_theta import diffs as diffs_lib
+    from git_theta.repo import Repo
+
+    revs, paths = list(args), []
+    if "--" in revs:
+        at = revs.index("--")
+        revs, paths = revs[:at], revs[at + 1 :]
+    repo = Repo.open(Path.cwd())
+    for entry in diffs_lib.log(repo, revs, paths):
+        click.echo(f"commit {entry.commit} {entry.subject}")
+        for item in entry.files:
+            d = item.diff
+            click.echo(
+                f"  {d.path}: {d.count('added')} added, {d.count('removed')} removed, "
+                f"{d.count('modified')} modified tensors; {size_text(item.new_bytes)} newly stored"
+            )
+
+
+@click.command()
+@click.argument("spec")
+def show(spec: str) -> None:
+    """The tensors of a checkpoint: [REV:]PATH (default: the index's version).
+
+    One line per tensor: name, dtype, shape, encoding and stored size; then totals.
+    """
+    from git_theta import diffs as diffs_lib
+    from git_theta.repo import Repo
+
+    repo = Repo.open(Path.cwd())
+    where, manifest = diffs_lib.load_spec(repo, spec)
+    click.echo(f"{where} ({manifest.format['name']}, {len(manifest.tensors)} tensors)")
+    seen: set[str] = set()
+    for name, record in manifest.tensors.items():
+        stored = sum(o.size for o in record.objects)
+        click.echo(
+            f"{name}  {record.dtype}  {list(record.shape)}  {record.encoding}  {size_text(stored)}"
+        )
+        seen.update(o.oid for o in record.objects)
+    click.echo(
+        f"total: {len(manifest.tensors)} tensors, {size_text(manifest.logical_size())} "
+        f"logical, {size_text(manifest.stored_size())} stored"
+    )
+
+
+@click.command(hidden=True)
+@click.argument("file")
+def textconv(file: str) -> None:
+    """git's textconv for `git log -p` and `git show`: a checkpoint (or manifest) as text,
+    one line per tensor (name, dtype, shape, identity hash) and per non-tensor value."""
+    from git_theta import diffs as diffs_lib
+
+    for line in diffs_lib.as_text(Path(file)):
+        click.echo(line)

@@ -1,0 +1,244 @@
+"""The checkpoints two versions of a repository hold, compared (``git theta diff``), per
+commit (``git theta log``), or one shown (``git theta show``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from git_theta import diffing
+from git_theta import filter as theta_filter
+from git_theta.errors import ManifestError, UsageError
+from git_theta.gitio import git
+from git_theta.gitio.scan import is_null
+from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
+from git_theta.repo import Repo
+
+__all__ = ["diff", "is_null", "load_spec", "log", "manifest_of_blob", "manifest_of_file"]
+
+
+def _parse(data: bytes, where: str) -> Manifest | None:
+    if not looks_like_manifest(data):
+        return None
+    try:
+        return parse_if_manifest(data)
+    except ManifestError as exc:
+        raise UsageError(f"{where}: {exc}") from exc
+
+
+def manifest_of_blob(repo: Repo, blob: str) -> Manifest | None:
+    """The manifest in blob ``blob`` (None for git's null id or a blob that is none)."""
+    if is_null(blob) or not blob:
+        return None
+    return _parse(repo.git(["cat-file", "blob", blob]).stdout, f"blob {blob[:10]}")
+
+
+def manifest_of_file(repo: Repo, path: str, file: Path) -> Manifest | None:
+    """The manifest of the work-tree file ``file`` (git path ``path``): the manifest it
+    holds, or the one ``git add`` would make of the checkpoint (unchanged tensors reuse the
+    index's records, so only changed ones are hashed and stored)."""
+    if not file.is_file():
+        return None
+    with open(file, "rb") as f:
+        first = f.read(1)
+    if first == b"{":
+        found = _parse(file.read_bytes(), path)
+        if found is not None:
+            return found
+    data = theta_filter.clean(file, repo.index_blob(path), repo.store, repo.config, name=path)
+    return Manifest.from_bytes(data)
+
+
+def _tree(repo: Repo, rev: str) -> dict[str, str]:
+    """path -> blob of the files in ``rev``'s tree."""
+    check = repo.git(["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], check=False)
+    if check.returncode != 0 or rev.startswith("-"):
+        raise UsageError(
+            f"`{rev}` names no commit or tree in this repository: check the name "
+            "(`git log --oneline --all` lists commits)"
+        )
+    listing = git.decode_path(repo.git(["ls-tree", "-r", "-z", "--full-tree", rev]).stdout)
+    found = {}
+    for entry in listing.split("\0"):
+        meta, _, path = entry.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == "blob":
+            found[path] = fields[2]
+    return found
+
+
+def _index(repo: Repo) -> dict[str, str]:
+    return {e.path: e.blob for e in repo.index_entries() if e.stage == 0}
+
+
+def _selected(repo: Repo, paths: list[str], pathspecs: list[str]) -> list[str]:
+    """The git-theta files among ``paths`` that ``pathspecs`` (paths or directories,
+    relative to where the command runs) name."""
+    if pathspecs:
+        wanted = []
+        for spec in pathspecs:
+            full = (repo.start_dir / spec).resolve()
+            try:
+                wanted.append(full.relative_to(repo.top.resolve()).as_posix())
+            except ValueError:
+                raise UsageError(f"`{spec}` is outside the repository") from None
+        paths = [
+            p
+            for p in paths
+            if any(w in (".", p) or p.startswith(w.rstrip("/") + "/") for w in wanted)
+        ]
+    return repo.theta_paths(paths)
+
+
+def diff(
+    repo: Repo, revs: list[str], pathspecs: list[str], cached: bool, figures: bool = True
+) -> list[diffing.FileDiff]:
+    """What changed in each git-theta file between two versions (see ``git theta diff``)."""
+    if len(revs) == 2:
+        old, new = _tree(repo, revs[0]), _tree(repo, revs[1])
+        worktree = False
+    else:
+        if revs:
+            old = _tree(repo, revs[0])
+        elif cached:
+            head = repo.git(["rev-parse", "-q", "--verify", "HEAD^{tree}"], check=False)
+            old = _tree(repo, "HEAD") if head.returncode == 0 else {}
+        else:
+            old = _index(repo)
+        new = _index(repo)
+        worktree = not cached
+    diffs = []
+    for path in _selected(repo, sorted({*old, *new}), pathspecs):
+        before = manifest_of_blob(repo, old[path]) if path in old else None
+        if worktree:
+            after = manifest_of_file(repo, path, repo.top / path) if path in new else None
+        else:
+            after = manifest_of_blob(repo, new[path]) if path in new else None
+        if before is None and after is None:
+            continue
+        if before is not None and after is not None and before.to_bytes() == after.to_bytes():
+            continue
+        diffs.append(diffing.compare(repo, path, before, after, figures))
+    return diffs
+
+
+@dataclass
+class LoggedFile:
+    diff: diffing.FileDiff
+    new_bytes: int  # bytes of objects this version needs that the previous one did not
+
+
+@dataclass
+class LogEntry:
+    commit: str
+    subject: str
+    files: list[LoggedFile]
+
+
+def log(repo: Repo, revs: list[str], pathspecs: list[str]) -> list[LogEntry]:
+    """Per commit (``git log`` order), the checkpoints it changed."""
+    for rev in revs:
+        if rev.startswith("-"):
+            raise UsageError(f"`{rev}`: options go before `git theta log`'s revisions")
+    proc = repo.git(
+        [
+            "log",
+            "--format=commit %H%x09%s",
+            "--raw",
+            "-z",
+            "--no-abbrev",
+            "--no-renames",
+            "--root",
+            *revs,
+            "--",
+            *pathspecs,
+        ],
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise UsageError(
+            f"`git log {' '.join(revs)}` failed: {proc.stderr.decode(errors='replace').strip()}"
+        )
+    entries: list[tuple[str, str, list[tuple[str, str, str]]]] = []
+    fields = iter(git.decode_path(proc.stdout).split("\0"))
+    for field in fields:
+        field = field.lstrip("\n")
+        if field.startswith("commit "):
+            sha, _, subject = field[len("commit ") :].partition("\t")
+            entries.append((sha, subject.strip(), []))
+            continue
+        if field.startswith(":") and entries:
+            meta = field[1:].split()
+            path = next(fields, "")
+            if len(meta) >= 5:
+                entries[-1][2].append((path, meta[2], meta[3]))
+    theta = set(repo.theta_paths(sorted({p for _, _, changes in entries for p, _, _ in changes})))
+    result = []
+    for sha, subject, changes in entries:
+        files = []
+        for path, old_blob, new_blob in changes:
+            if path not in theta:
+                continue
+            before, after = manifest_of_blob(repo, old_blob), manifest_of_blob(repo, new_blob)
+            if before is None and after is None:
+                continue
+            known = set(before.objects()) if before else set()
+            sizes = {
+                o.oid: o.size for r in (after.tensors.values() if after else []) for o in r.objects
+            }
+            fresh = sum(size for oid, size in sizes.items() if oid not in known)
+            files.append(LoggedFile(diffing.compare(None, path, before, after, False), fresh))
+        if files:
+            result.append(LogEntry(sha, subject, files))
+    return result
+
+
+def load_spec(repo: Repo, spec: str) -> tuple[str, Manifest]:
+    """The manifest ``[REV:]PATH`` names (no REV: the index's version)."""
+    if ":" in spec:
+        rev, _, path = spec.partition(":")
+        proc = repo.git(["cat-file", "blob", spec], check=False)
+        where = spec
+        if proc.returncode != 0:
+            raise UsageError(f"`{spec}`: no such file in `{rev or 'the index'}`")
+        data = proc.stdout
+    else:
+        full = (repo.start_dir / spec).resolve()
+        try:
+            path = full.relative_to(repo.top.resolve()).as_posix()
+        except ValueError:
+            raise UsageError(f"`{spec}` is outside the repository") from None
+        blob = repo.index_blob(path)
+        if blob is None:
+            raise UsageError(f"`{spec}` is not in the index: name a revision, `REV:{path}`")
+        data, where = blob, path
+    manifest = _parse(data, where)
+    if manifest is None:
+        raise UsageError(f"`{where}` is not a checkpoint stored by git-theta")
+    return where, manifest
+
+
+def as_text(file: Path) -> list[str]:
+    """A checkpoint file (or a manifest) as lines of text that change where it changes:
+    one per tensor (name, dtype, shape, the start of its identity hash), one per value."""
+    from git_theta import formats
+    from git_theta.tensors import identity_hash
+
+    data_head = file.read_bytes()[:1] if file.is_file() else b""
+    manifest = None
+    if data_head == b"{":
+        manifest = _parse(file.read_bytes(), str(file))
+    if manifest is not None:
+        fmt = manifest.format
+        rows = [(n, r.dtype, tuple(r.shape), r.hash) for n, r in manifest.tensors.items()]
+    else:
+        checkpoint = formats.detect(file, str(file)).read(file, str(file))
+        fmt = checkpoint.format
+        rows = [
+            (n, t.dtype, tuple(t.shape), identity_hash(t.dtype, t.shape, t.load()))
+            for n, t in checkpoint.tensors.items()
+        ]
+    lines = [f"checkpoint {fmt.get('name')}, {len(rows)} tensors"]
+    lines += [f"tensor {n} {d} {list(s)} {h[:12]}" for n, d, s, h in sorted(rows)]
+    lines += [f"value {path}: {text}" for path, text in diffing.values_of(fmt)]
+    return lines
