@@ -27,7 +27,7 @@ from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import numel, word_dtype
 from git_theta.threeway import is_pair_node, show_value
 
-PIECE_BYTES = 64 << 20  # read this much of each version of a tensor at a time
+PIECE_BYTES = 16 << 20  # read this much of each version of a tensor at a time
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,9 @@ def _figures(repo: Repo, name: str, old: TensorRecord, new: TensorRecord) -> Ten
         differs = (a != b).reshape(-1, per_entry).any(axis=1)
         changed += int(np.count_nonzero(differs))
         before, after = values(a), values(b)
-        delta = after - before
-        diff_sq += float(np.sum(np.abs(delta) ** 2))
-        old_sq += float(np.sum(np.abs(before) ** 2))
+        np.subtract(after, before, out=after)  # the difference, in place: no third array
+        diff_sq += float(np.vdot(after, after).real)
+        old_sq += float(np.vdot(before, before).real)
     return TensorChange(
         name,
         "modified",

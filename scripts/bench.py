@@ -266,6 +266,33 @@ def report(w: Workload, size: int, theta: dict[str, Measure], lfs: dict[str, Mea
         )
 
 
+def diff_memory(work: Path, env: dict[str, str], nbytes: int) -> None:
+    """Peak RSS and time of `git theta diff` between two versions of a checkpoint holding one
+    float32 tensor of ``nbytes`` (a few entries changed)."""
+    import torch
+
+    repo = work / "diff-memory"
+    repo.mkdir()
+    for args in (["git", "init", "-q"], ["git", "theta", "track", "model.pt"]):
+        subprocess.run(args, cwd=repo, env=env, check=True, capture_output=True)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(nbytes // 4, generator=gen)
+    for message in ("v1", "v2"):
+        torch.save({"weight": weight}, repo / "model.pt")
+        subprocess.run(["git", "add", "."], cwd=repo, env=env, check=True, capture_output=True)
+        subprocess.run(["git", "commit", "-qm", message], cwd=repo, env=env, check=True)
+        weight[:1000] += 1.0
+    del weight
+    (repo / "model.pt").unlink()
+    seconds, rss_kb = run(["git", "theta", "diff", "HEAD~1", "HEAD"], repo, env)
+    print(
+        f"\n### git theta diff, one {fmt_size(nbytes)} float32 tensor, 1000 entries changed\n"
+        f"{seconds:.2f} s, peak RSS {fmt_size(rss_kb * 1024)} "
+        f"({rss_kb * 1024 / nbytes:.2f}x the tensor)"
+    )
+    shutil.rmtree(repo)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -277,6 +304,11 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["pt", "safetensors"], help="one format only")
     parser.add_argument("--workload", action="append", help="run only these workloads by name")
+    parser.add_argument(
+        "--diff-memory",
+        action="store_true",
+        help="only the peak memory of `git theta diff` over one 1 GiB tensor",
+    )
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     if args.quick:
@@ -320,6 +352,10 @@ def main() -> None:
         server = LfsServer(work / "lfs")
         server.start()
         try:
+            if args.quick or args.diff_memory:
+                diff_memory(work, env, (16 << 20) if args.quick else (1 << 30))
+            if args.diff_memory:
+                return
             for w in workloads:
                 data = work / f"data-{w.name}-{w.fmt}"
                 data.mkdir()
