@@ -149,3 +149,38 @@ def read_only(path: Path) -> Iterator[None]:
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
+
+
+def on_a_terminal(
+    args: list[str], cwd: Path, stream: str = "stdout", env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run ``args`` with its ``stream`` (stdout or stderr) on a new terminal; returns the
+    exit code and what the terminal showed (raw: carriage returns kept)."""
+    import pty
+
+    main, tty = pty.openpty()
+    other = subprocess.PIPE
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            stdout=tty if stream == "stdout" else other,
+            stderr=tty if stream == "stderr" else other,
+            env={**os.environ, **(env or {})},
+        )
+        os.close(tty)
+        tty = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        if tty >= 0:
+            os.close(tty)
+        os.close(main)
+    return proc.returncode, b"".join(chunks).decode()

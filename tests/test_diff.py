@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tests.helpers import Repo, seeded_state_dict
+from tests.helpers import Repo, on_a_terminal, seeded_state_dict
 from tests.lfs_server import LfsServer
 
 
@@ -230,3 +230,21 @@ def test_figures_missing_are_said_with_the_reason(repo: Repo) -> None:
     assert "M model/layers.0.weight float32 [4, 4]: figures missing" in out
     assert any(line.startswith("! figures missing: ") and "no remote" in line for line in out)
     assert "D model/layers.2.weight float32 [4, 4]" in out
+
+
+def _on_a_terminal(repo: Repo, args: list[str], env: dict[str, str]) -> str:
+    code, shown = on_a_terminal(args, repo.path, "stdout", env)
+    assert code == 0
+    return shown.replace("\r\n", "\n")
+
+
+def test_colour_and_pager_only_on_a_terminal(repo: Repo) -> None:
+    two_commits(repo)
+    command = ["git", "theta", "diff", "HEAD~1", "HEAD"]
+    plain = repo.theta("diff", "HEAD~1", "HEAD").stdout
+    assert "\033[" not in plain
+    shown = _on_a_terminal(repo, command, {"GIT_PAGER": "cat"})
+    assert "\033[32mA model/head.bias float32 [5]\033[m\n" in shown
+    assert "\033[31mD model/layers.2.weight float32 [4, 4]\033[m\n" in shown
+    paged = _on_a_terminal(repo, command, {"GIT_PAGER": "sed 's/^/paged: /'"})
+    assert paged.splitlines()[0] == "paged: \033[1mdiff --theta a/model.pt b/model.pt\033[m"

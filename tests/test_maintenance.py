@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pty
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from git_theta.cli.output import size_text
-from tests.helpers import Repo, assert_same_object, read_only, seeded_state_dict
+from tests.helpers import Repo, assert_same_object, on_a_terminal, read_only, seeded_state_dict
 from tests.lfs_server import LfsServer
 
 N, SIZE = 4, 16  # tensors per checkpoint, side of each (float32)
@@ -165,28 +164,8 @@ def test_fsck_checks_the_index_and_a_stash(repo: Repo) -> None:
 
 def test_fsck_shows_progress_on_a_terminal(repo: Repo) -> None:
     commit(repo, v1(), "v1")
-    main, tty = pty.openpty()
-    try:
-        proc = subprocess.run(
-            ["git", "theta", "fsck"], cwd=repo.path, stderr=tty, stdout=subprocess.PIPE
-        )
-        os.close(tty)
-        tty = -1
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:  # the terminal's other end is closed: all read
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        if tty >= 0:
-            os.close(tty)
-        os.close(main)
-    shown = b"".join(chunks).decode()
-    assert proc.returncode == 0
+    code, shown = on_a_terminal(["git", "theta", "fsck"], repo.path, "stderr")
+    assert code == 0
     assert "\rgit-theta: checking objects: 100% (4/4)\r\n" in shown
     assert "\rgit-theta: decoding tensors: 100% (4/4)\r\n" in shown
     # and none when stderr is not a terminal

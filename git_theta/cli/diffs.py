@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from git_theta.cli.output import size_text
+from git_theta.cli.output import show_lines, size_text
 
 if TYPE_CHECKING:
     from git_theta.diffing import FileDiff, TensorChange
@@ -161,18 +161,15 @@ def diff(
         for d in changed:
             click.echo(d.path)
     elif stat:
-        for d in changed:
-            click.echo(
-                f" {d.path} | {d.count('added')} added, {d.count('removed')} removed, "
-                f"{d.count('modified')} modified, {len(d.values)} values; "
-                f"{size_text(d.bytes_changed)} changed"
-            )
-        if changed:
-            click.echo(f" {len(changed)} checkpoints changed")
+        lines = [
+            f" {d.path} | {d.count('added')} added, {d.count('removed')} removed, "
+            f"{d.count('modified')} modified, {len(d.values)} values; "
+            f"{size_text(d.bytes_changed)} changed"
+            for d in changed
+        ]
+        show_lines(lines + ([f" {len(changed)} checkpoints changed"] if changed else []), repo.top)
     else:
-        for d in changed:
-            for line in render(d):
-                click.echo(line)
+        show_lines([line for d in changed for line in render(d)], repo.top)
     if exit_code and changed:
         sys.exit(1)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 
 def report(message: str) -> None:
@@ -37,3 +40,41 @@ def size_text(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_COLORS = {
+    "diff ": "\033[1m",
+    "A ": "\033[32m",
+    "D ": "\033[31m",
+    "M ": "\033[33m",
+    "~ ": "\033[36m",
+}
+
+
+def show_lines(lines: list[str], top: Path | None) -> None:
+    """Print ``lines`` on stdout; on a terminal (as git does) coloured by their first mark
+    and through git's pager (GIT_PAGER, core.pager, PAGER; ``less`` with ``LESS=FRX``)."""
+    if not lines:
+        return
+    if not sys.stdout.isatty():
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return
+    coloured = []
+    for line in lines:
+        colour = next((c for mark, c in _COLORS.items() if line.startswith(mark)), "")
+        coloured.append(f"{colour}{line}\033[m" if colour else line)
+    text = "".join(line + "\n" for line in coloured)
+    pager = subprocess.run(
+        ["git", "var", "GIT_PAGER"], cwd=top, capture_output=True, text=True
+    ).stdout.strip()
+    if not pager or pager == "cat":
+        sys.stdout.write(text)
+        return
+    env = {**os.environ, "LESS": os.environ.get("LESS", "FRX"), "LV": os.environ.get("LV", "-c")}
+    with subprocess.Popen(pager, shell=True, stdin=subprocess.PIPE, env=env, cwd=top) as proc:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(text.encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the reader quit the pager early
