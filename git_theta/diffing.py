@@ -27,7 +27,8 @@ from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import numel, word_dtype
 from git_theta.threeway import is_pair_node, show_value
 
-PIECE_BYTES = 16 << 20  # read this much of each version of a tensor at a time
+PIECE_ENTRIES = 1 << 20  # entries of each version read at a time (16 MiB as float64 pairs)
+FIGURE_THREADS = 4  # tensors whose figures are computed at once (memory: pieces in flight)
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ class FileDiff:
     tensors: list[TensorChange] = field(default_factory=list)
     values: list[ValueChange] = field(default_factory=list)
     missing: str = ""  # why the figures of modified tensors are missing
+    old_path: str = ""  # the old name, when it was renamed
+    unmerged: bool = False  # in conflict: its versions are the merge's stages
+    problem: str = ""  # why the versions could not be compared at all
 
     @property
     def empty(self) -> bool:
-        return not self.tensors and not self.values
+        return not (self.tensors or self.values or self.unmerged or self.problem)
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tensors if t.status == status)
@@ -130,7 +134,8 @@ def compare(
             from git_theta.transfer import fetch_missing
 
             fetch_missing(repo, [Located(path, needed)])
-            with ThreadPoolExecutor(max_workers=max(1, repo.config.threads)) as pool:
+            threads = max(1, min(repo.config.threads, FIGURE_THREADS))
+            with ThreadPoolExecutor(max_workers=threads) as pool:
                 found = pool.map(lambda m: _figures(repo, *m), comparable)
                 stats = {change.name: change for change in found}
         except ThetaError as exc:
@@ -161,13 +166,26 @@ def _value_view(dtype_name: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda words: words.view(numbers).astype(np.float64)
 
 
+def _difference(dtype_name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b - a`` as float64 (complex128): 64-bit integers are subtracted in two exact
+    halves, so large values keep their small differences."""
+    if dtype_name in ("int64", "uint64"):
+        signed = dtype_name == "int64"
+        x, y = (w.view(np.int64) if signed else w for w in (a, b))
+        high = (y >> 32).astype(np.int64) - (x >> 32).astype(np.int64)
+        low = (y & 0xFFFFFFFF).astype(np.int64) - (x & 0xFFFFFFFF).astype(np.int64)
+        return high.astype(np.float64) * 4294967296.0 + low.astype(np.float64)
+    values = _value_view(dtype_name)
+    return values(b) - values(a)
+
+
 def _figures(repo: Repo, name: str, old: TensorRecord, new: TensorRecord) -> TensorChange:
     """The statistics of a modified tensor of unchanged dtype and shape."""
     itemsize = get_dtype(old.dtype).itemsize
     word = word_dtype(itemsize)
     per_entry = itemsize // word.itemsize  # words per entry (2 for complex128)
     count = numel(old.shape) * per_entry
-    piece = max(per_entry, (PIECE_BYTES // word.itemsize) // per_entry * per_entry)
+    piece = PIECE_ENTRIES * per_entry
     values = _value_view(old.dtype)
     changed, diff_sq, old_sq = 0, 0.0, 0.0
     store = repo.store
@@ -175,13 +193,16 @@ def _figures(repo: Repo, name: str, old: TensorRecord, new: TensorRecord) -> Ten
         store.verify(obj.oid)  # whole, before any figure is computed from it
     pieces_old = _pieces(repo, old, word, count, piece)
     pieces_new = _pieces(repo, new, word, count, piece)
-    for a, b in zip(pieces_old, pieces_new, strict=True):
-        differs = (a != b).reshape(-1, per_entry).any(axis=1)
-        changed += int(np.count_nonzero(differs))
-        before, after = values(a), values(b)
-        np.subtract(after, before, out=after)  # the difference, in place: no third array
-        diff_sq += float(np.vdot(after, after).real)
-        old_sq += float(np.vdot(before, before).real)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for a, b in zip(pieces_old, pieces_new, strict=True):
+            differs = (a != b).reshape(-1, per_entry).any(axis=1)
+            changed += int(np.count_nonzero(differs))
+            delta = _difference(old.dtype, a, b)
+            delta[~differs] = 0  # equal bits: no difference, NaN and inf included
+            diff_sq += float(np.vdot(delta, delta).real)
+            del delta
+            before = values(a)
+            old_sq += float(np.vdot(before, before).real)
     return TensorChange(
         name,
         "modified",

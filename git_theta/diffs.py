@@ -14,7 +14,16 @@ from git_theta.gitio.scan import is_null
 from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
 
-__all__ = ["diff", "is_null", "load_spec", "log", "manifest_of_blob", "manifest_of_file"]
+__all__ = [
+    "as_text",
+    "diff",
+    "is_null",
+    "load_spec",
+    "log",
+    "manifest_of_blob",
+    "manifest_of_file",
+    "side",
+]
 
 
 def _parse(data: bytes, where: str) -> Manifest | None:
@@ -28,9 +37,21 @@ def _parse(data: bytes, where: str) -> Manifest | None:
 
 def manifest_of_blob(repo: Repo, blob: str) -> Manifest | None:
     """The manifest in blob ``blob`` (None for git's null id or a blob that is none)."""
-    if is_null(blob) or not blob:
+    if not blob or blob == "." or is_null(blob):
         return None
     return _parse(repo.git(["cat-file", "blob", blob]).stdout, f"blob {blob[:10]}")
+
+
+def side(repo: Repo, path: str, file: str, blob: str) -> Manifest | None:
+    """One side of git's external diff: absent (``/dev/null``, id ``.``), the blob git
+    names, or (null id: a work-tree file git did not hash) the file itself."""
+    if file == "/dev/null" or blob == ".":
+        return None
+    if blob and not is_null(blob):
+        known = repo.git(["cat-file", "-e", f"{blob}^{{blob}}"], check=False).returncode == 0
+        if known:
+            return manifest_of_blob(repo, blob)
+    return manifest_of_file(repo, path, Path(file))
 
 
 def manifest_of_file(repo: Repo, path: str, file: Path) -> Manifest | None:
@@ -107,8 +128,15 @@ def diff(
             old = _index(repo)
         new = _index(repo)
         worktree = not cached
+    unmerged = {e.path for e in repo.index_entries() if e.stage} if len(revs) != 2 else set()
+    differing = _differing(repo, revs) if worktree else None
     diffs = []
-    for path in _selected(repo, sorted({*old, *new}), pathspecs):
+    for path in _selected(repo, sorted({*old, *new, *unmerged}), pathspecs):
+        if path in unmerged:
+            diffs.append(diffing.FileDiff(path, unmerged=True))
+            continue
+        if differing is not None and path not in differing:
+            continue  # git sees the work-tree file as it was staged: nothing to hash
         before = manifest_of_blob(repo, old[path]) if path in old else None
         if worktree:
             after = manifest_of_file(repo, path, repo.top / path) if path in new else None
@@ -120,6 +148,13 @@ def diff(
             continue
         diffs.append(diffing.compare(repo, path, before, after, figures))
     return diffs
+
+
+def _differing(repo: Repo, revs: list[str]) -> set[str]:
+    """The paths whose work-tree file differs from the index (or from ``revs[0]``), as git
+    sees them (its stat data first: unchanged files are not read)."""
+    proc = repo.git(["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", *revs[:1], "--"])
+    return {p for p in git.decode_path(proc.stdout).split("\0") if p}
 
 
 @dataclass
@@ -220,24 +255,32 @@ def load_spec(repo: Repo, spec: str) -> tuple[str, Manifest]:
 
 def as_text(file: Path) -> list[str]:
     """A checkpoint file (or a manifest) as lines of text that change where it changes:
-    one per tensor (name, dtype, shape, the start of its identity hash), one per value."""
+    one per tensor (name, dtype, shape, the start of its identity hash), one per value. A
+    file that is neither (a version from before the path was tracked) is one line."""
     from git_theta import formats
+    from git_theta.errors import ThetaError
+    from git_theta.store import file_sha256
     from git_theta.tensors import identity_hash
 
-    data_head = file.read_bytes()[:1] if file.is_file() else b""
-    manifest = None
-    if data_head == b"{":
-        manifest = _parse(file.read_bytes(), str(file))
-    if manifest is not None:
-        fmt = manifest.format
-        rows = [(n, r.dtype, tuple(r.shape), r.hash) for n, r in manifest.tensors.items()]
-    else:
-        checkpoint = formats.detect(file, str(file)).read(file, str(file))
-        fmt = checkpoint.format
-        rows = [
-            (n, t.dtype, tuple(t.shape), identity_hash(t.dtype, t.shape, t.load()))
-            for n, t in checkpoint.tensors.items()
-        ]
+    try:
+        data_head = file.read_bytes()[:1] if file.is_file() else b""
+        manifest = None
+        if data_head == b"{":
+            manifest = _parse(file.read_bytes(), str(file))
+        if manifest is not None:
+            fmt = manifest.format
+            rows = [(n, r.dtype, tuple(r.shape), r.hash) for n, r in manifest.tensors.items()]
+        else:
+            checkpoint = formats.detect(file, str(file)).read(file, str(file))
+            fmt = checkpoint.format
+            rows = [
+                (n, t.dtype, tuple(t.shape), identity_hash(t.dtype, t.shape, t.load()))
+                for n, t in checkpoint.tensors.items()
+            ]
+    except (ThetaError, OSError) as exc:
+        size = file.stat().st_size if file.is_file() else 0
+        digest = file_sha256(file)[:12] if file.is_file() else "-"
+        return [f"not a checkpoint ({size} bytes, sha256 {digest}): {exc}"]
     lines = [f"checkpoint {fmt.get('name')}, {len(rows)} tensors"]
     lines += [f"tensor {n} {d} {list(s)} {h[:12]}" for n, d, s, h in sorted(rows)]
     lines += [f"value {path}: {text}" for path, text in diffing.values_of(fmt)]

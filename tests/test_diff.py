@@ -47,7 +47,7 @@ def expected_driver_text(old: dict[str, Any], new: dict[str, Any]) -> str:
     return (
         "diff --theta a/model.pt b/model.pt\n"
         "A model/head.bias float32 [5]\n"
-        f"M model/layers.0.weight float32 [4, 4]: {100 * changed / 16:.2f}% of 16 entries "
+        f"M model/layers.0.weight float32 [4, 4]: {100 * changed / 16:.3g}% of 16 entries "
         f"changed, ‖Δ‖ {l2:.6g} ({100 * l2 / old_l2:.4g}% of ‖old‖)\n"
         "D model/layers.2.weight float32 [4, 4]\n"
         "~ epoch: 7 → 8\n"
@@ -248,3 +248,71 @@ def test_colour_and_pager_only_on_a_terminal(repo: Repo) -> None:
     assert "\033[31mD model/layers.2.weight float32 [4, 4]\033[m\n" in shown
     paged = _on_a_terminal(repo, command, {"GIT_PAGER": "sed 's/^/paged: /'"})
     assert paged.splitlines()[0] == "paged: \033[1mdiff --theta a/model.pt b/model.pt\033[m"
+
+
+def test_added_deleted_reversed_and_unmerged_files(repo: Repo) -> None:
+    old, new, _, _ = two_commits(repo)
+    (repo.path / "model.pt").unlink()
+    deleted = repo.git("diff").stdout.splitlines()  # the work-tree file is gone
+    assert deleted[0] == "diff --theta a/model.pt b/model.pt"
+    assert deleted[1:4] == [
+        "D model/head.bias float32 [5]",
+        "D model/layers.0.weight float32 [4, 4]",
+        "D model/layers.1.weight float32 [4, 4]",
+    ]
+    repo.git("checkout", "--", "model.pt")
+    reversed_text = repo.git("diff", "-R", "HEAD~1").stdout  # the old side is the work tree
+    assert "D model/head.bias float32 [5]\n" in reversed_text
+    assert "A model/layers.2.weight float32 [4, 4]\n" in reversed_text
+    assert "~ epoch: 8 → 7\n" in reversed_text
+    repo.theta("track", "other.pt")
+    save(repo, v1())
+    (repo.path / "model.pt").rename(repo.path / "other.pt")
+    repo.git("checkout", "--", "model.pt")
+    repo.git("add", ".gitattributes", "other.pt")
+    added = repo.git("diff", "--cached").stdout
+    assert "diff --theta a/other.pt b/other.pt\nA model/layers.0.weight float32 [4, 4]\n" in added
+    assert repo.theta("diff", "--cached", "--name-only", "--", "other.pt").stdout == "other.pt\n"
+    assert repo.theta("log", "--", "other.pt").stdout == ""  # not committed yet
+    assert repo.theta("log", "--", "model.pt").stdout.count("commit ") == 2
+
+
+def test_a_conflicted_checkpoint_is_reported_unmerged(repo: Repo) -> None:
+    old = v1()
+    save(repo, old)
+    repo.commit_file("model.pt", "v1")
+    repo.git("checkout", "-q", "-b", "other")
+    save(repo, {**old, "epoch": 9})
+    repo.commit_file("model.pt", "other")
+    repo.git("checkout", "-q", "main")
+    save(repo, {**old, "epoch": 8})
+    repo.commit_file("model.pt", "main")
+    assert subprocess.run(["git", "merge", "other"], cwd=repo.path, capture_output=True).returncode
+    assert repo.theta("diff").stdout == "* Unmerged path model.pt\n"
+
+
+def test_figures_of_unchanged_nan_and_of_large_integers(repo: Repo) -> None:
+    nan = torch.tensor([float("nan"), 1.0, float("inf")])
+    big = torch.tensor([2**60, -(2**62), 5], dtype=torch.int64)
+    save(repo, {"f": nan, "i": big})
+    repo.commit_file("model.pt", "v1")
+    save(repo, {"f": torch.tensor([float("nan"), 4.0, float("inf")]), "i": big + 1})
+    document = json.loads(repo.theta("diff", "--format", "json").stdout)
+    by_name = {t["name"]: t for t in document["files"][0]["tensors"]}
+    assert (by_name["f"]["changed_entries"], by_name["f"]["l2"]) == (1, 3.0)
+    assert (by_name["i"]["changed_entries"], by_name["i"]["l2"]) == (3, 3**0.5)
+    assert "RuntimeWarning" not in repo.git("diff").stderr
+
+
+def test_history_from_before_the_path_was_tracked_does_not_stop_git_log(repo: Repo) -> None:
+    repo.git("rm", "-q", "--cached", ".gitattributes")
+    (repo.path / ".gitattributes").rename(repo.path / "attributes.saved")
+    (repo.path / "model.pt").write_text("a plain text file, before tracking\n")
+    repo.commit_file("model.pt", "plain")
+    save(repo, v1())
+    (repo.path / "attributes.saved").rename(repo.path / ".gitattributes")
+    repo.git("add", ".gitattributes", "model.pt")
+    repo.git("commit", "-q", "-m", "a checkpoint now")
+    proc = repo.git("log", "-p", "-1", "--format=")
+    assert "-not a checkpoint (35 bytes, sha256 " in proc.stdout
+    assert "+checkpoint pytorch, 3 tensors" in proc.stdout

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 JSON_SCHEMA_VERSION = 1
 
 
+class _PathspecCommand(click.Command):
+    """Takes everything after the first `--` as paths (click would swallow the `--`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["pathspecs"] = args[at + 1 :]
+            args = args[:at]
+        else:
+            ctx.meta["pathspecs"] = []
+        return super().parse_args(ctx, args)
+
+
 def _kind(shape: tuple[str, tuple[int, ...]] | None) -> str:
     if shape is None:
         return ""
@@ -35,7 +48,7 @@ def _tensor_line(change: TensorChange) -> str:
     if change.changed is None:
         return line + ": figures missing"
     share = 100.0 * change.changed / change.entries if change.entries else 0.0
-    line += f": {share:.2f}% of {change.entries} entries changed, ‖Δ‖ {change.l2:.6g}"
+    line += f": {share:.3g}% of {change.entries} entries changed, ‖Δ‖ {change.l2:.6g}"
     relative = change.relative
     if relative is not None:
         line += f" ({100.0 * relative:.4g}% of ‖old‖)"
@@ -46,7 +59,11 @@ def render(diff: FileDiff) -> list[str]:
     """The text of one checkpoint's changes (nothing when it did not change)."""
     if diff.empty:
         return []
-    lines = [f"diff --theta a/{diff.path} b/{diff.path}"]
+    if diff.unmerged:
+        return [f"* Unmerged path {diff.path}"]
+    lines = [f"diff --theta a/{diff.old_path or diff.path} b/{diff.path}"]
+    if diff.problem:
+        return [*lines, f"! not compared: {diff.problem}"]
     lines += [_tensor_line(t) for t in diff.tensors]
     lines += [f"~ {v.path}: {v.old} → {v.new}" for v in diff.values]
     if diff.missing:
@@ -99,26 +116,28 @@ def diff_driver(args: tuple[str, ...]) -> None:
     """git's external diff: PATH OLD-FILE OLD-HEX OLD-MODE NEW-FILE NEW-HEX NEW-MODE."""
     from git_theta import diffing
     from git_theta import diffs as diffs_lib
+    from git_theta.errors import ThetaError
     from git_theta.repo import Repo
 
     if len(args) < 7:  # an unmerged path: git passes only its name
         click.echo(f"* Unmerged path {args[0] if args else ''}")
         return
-    path, _, old_hex, _, new_file, new_hex, _ = args[:7]
+    path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
+    new_path = args[7] if len(args) >= 9 else path  # a rename: its new name follows
     repo = Repo.open(Path.cwd())
-    old = diffs_lib.manifest_of_blob(repo, old_hex)
-    new = (
-        diffs_lib.manifest_of_blob(repo, new_hex)
-        if not diffs_lib.is_null(new_hex)
-        else diffs_lib.manifest_of_file(repo, path, Path(new_file))
-    )
-    diff = diffing.compare(repo, path, old, new)
+    try:
+        old = diffs_lib.side(repo, path, old_file, old_hex)
+        new = diffs_lib.side(repo, new_path, new_file, new_hex)
+        diff = diffing.compare(repo, new_path, old, new)
+    except ThetaError as exc:  # git's diff must go on: say it here, in the output
+        diff = diffing.FileDiff(new_path, problem=str(exc))
+    diff.old_path = path
     for line in render(diff):
         click.echo(line)
 
 
-@click.command()
-@click.argument("args", nargs=-1)
+@click.command(cls=_PathspecCommand)
+@click.argument("revs", nargs=-1)
 @click.option("--cached", "--staged", is_flag=True, help="Compare the index with HEAD (or REV).")
 @click.option("--stat", is_flag=True, help="One line per checkpoint: tensors and bytes changed.")
 @click.option("--name-only", is_flag=True, help="Only the paths of changed checkpoints.")
@@ -130,8 +149,15 @@ def diff_driver(args: tuple[str, ...]) -> None:
     help="json: the documented schema (see README).",
 )
 @click.option("--exit-code", is_flag=True, help="Exit 1 when anything changed, else 0.")
+@click.pass_context
 def diff(
-    args: tuple[str, ...], cached: bool, stat: bool, name_only: bool, fmt: str, exit_code: bool
+    ctx: click.Context,
+    revs: tuple[str, ...],
+    cached: bool,
+    stat: bool,
+    name_only: bool,
+    fmt: str,
+    exit_code: bool,
 ) -> None:
     """Show what changed inside checkpoints: [REV [REV]] [-- PATH...].
 
@@ -145,14 +171,12 @@ def diff(
     from git_theta.errors import UsageError
     from git_theta.repo import Repo
 
-    revs, paths = list(args), []
-    if "--" in revs:
-        at = revs.index("--")
-        revs, paths = revs[:at], revs[at + 1 :]
     if len(revs) > 2:
         raise UsageError("give at most two revisions (then `--` and paths)")
     repo = Repo.open(Path.cwd())
-    found = diffs_lib.diff(repo, revs, paths, cached, figures=not (stat or name_only))
+    found = diffs_lib.diff(
+        repo, list(revs), ctx.meta["pathspecs"], cached, figures=not (stat or name_only)
+    )
     changed = [d for d in found if not d.empty]
     if fmt == "json":
         document = {"git_theta_diff": JSON_SCHEMA_VERSION, "files": [as_json(d) for d in changed]}
@@ -174,9 +198,10 @@ def diff(
         sys.exit(1)
 
 
-@click.command()
-@click.argument("args", nargs=-1)
-def log(args: tuple[str, ...]) -> None:
+@click.command(cls=_PathspecCommand)
+@click.argument("revs", nargs=-1)
+@click.pass_context
+def log(ctx: click.Context, revs: tuple[str, ...]) -> None:
     """Per commit, the checkpoints it changed: [REV-RANGE] [-- PATH...].
 
     For each checkpoint a commit changed: tensors added, removed and modified, and the bytes
@@ -185,12 +210,8 @@ def log(args: tuple[str, ...]) -> None:
     from git_theta import diffs as diffs_lib
     from git_theta.repo import Repo
 
-    revs, paths = list(args), []
-    if "--" in revs:
-        at = revs.index("--")
-        revs, paths = revs[:at], revs[at + 1 :]
     repo = Repo.open(Path.cwd())
-    for entry in diffs_lib.log(repo, revs, paths):
+    for entry in diffs_lib.log(repo, list(revs), ctx.meta["pathspecs"]):
         click.echo(f"commit {entry.commit} {entry.subject}")
         for item in entry.files:
             d = item.diff
