@@ -115,6 +115,17 @@ def diff(
     repo: Repo, revs: list[str], pathspecs: list[str], cached: bool, figures: bool = True
 ) -> list[diffing.FileDiff]:
     """What changed in each git-theta file between two versions (see ``git theta diff``)."""
+    if len(revs) == 1 and ".." in revs[0]:  # A..B, A...B (from their merge base), as git
+        left, dots, right = (
+            revs[0].partition("...") if "..." in revs[0] else revs[0].partition("..")
+        )
+        left, right = left or "HEAD", right or "HEAD"
+        if dots == "...":
+            base = repo.git(["merge-base", left, right], check=False)
+            if base.returncode != 0:
+                raise UsageError(f"`{revs[0]}`: `{left}` and `{right}` have no merge base")
+            left = base.stdout.decode().strip()
+        revs = [left, right]
     if len(revs) == 2:
         old, new = _tree(repo, revs[0]), _tree(repo, revs[1])
         worktree = False
@@ -232,7 +243,7 @@ def load_spec(repo: Repo, spec: str) -> tuple[str, Manifest]:
     """The manifest ``[REV:]PATH`` names (no REV: the index's version)."""
     if ":" in spec:
         rev, _, path = spec.partition(":")
-        proc = repo.git(["cat-file", "blob", spec], check=False)
+        proc = git.run(["cat-file", "blob", spec], repo.start_dir, check=False)  # ./ as git
         where = spec
         if proc.returncode != 0:
             raise UsageError(f"`{spec}`: no such file in `{rev or 'the index'}`")

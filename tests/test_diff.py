@@ -316,3 +316,16 @@ def test_history_from_before_the_path_was_tracked_does_not_stop_git_log(repo: Re
     proc = repo.git("log", "-p", "-1", "--format=")
     assert "-not a checkpoint (35 bytes, sha256 " in proc.stdout
     assert "+checkpoint pytorch, 3 tensors" in proc.stdout
+
+
+def test_revision_ranges_and_paths_relative_to_a_subdirectory(repo: Repo) -> None:
+    old, new, first, second = two_commits(repo)
+    text = expected_driver_text(old, new)
+    assert repo.theta("diff", "HEAD~1..HEAD").stdout == text
+    assert repo.theta("diff", f"{first}...{second}").stdout == text
+    sub = repo.path / "sub"
+    sub.mkdir()
+    shown = subprocess.run(
+        ["git", "theta", "show", "HEAD:./../model.pt"], cwd=sub, capture_output=True, text=True
+    )
+    assert shown.stdout.startswith("HEAD:./../model.pt (pytorch, 3 tensors)\n"), shown.stderr
