@@ -85,14 +85,28 @@ class _TensorRef:
 
 
 class _Global:
-    """A placeholder for an allowed global; calling it builds plain data, never runs code."""
+    """A placeholder for an allowed global; calling it builds plain data, never runs code.
+
+    Made afresh for each read and closed to BUILD (pickle's way to set an object's
+    attributes): nothing one file's pickle does may change how another file is read.
+    """
+
+    __slots__ = ("_build", "name")
+    name: str
+    _build: Any
 
     def __init__(self, name: str, build: Any) -> None:
-        self.name = name
-        self._build = build
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_build", build)
 
     def __call__(self, *args: Any) -> Any:
         return self._build(*args)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"the pickle changes `{self.name}`, which it may only call")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"the pickle changes `{self.name}`, which it may only call")
 
 
 class _TorchDtype:
@@ -186,18 +200,22 @@ def _set(items: Any = ()) -> set[Any]:
     return set(items)
 
 
-_ALLOWED = {
-    "collections.OrderedDict": OrderedDict,
-    "torch._utils._rebuild_tensor_v2": _Global("_rebuild_tensor_v2", _rebuild_tensor),
-    "torch._utils._rebuild_tensor_v3": _Global("_rebuild_tensor_v3", _rebuild_tensor_v3),
-    "torch._utils._rebuild_parameter": _Global("_rebuild_parameter", _rebuild_parameter),
-    "torch._utils._rebuild_parameter_with_state": _Global("_rebuild_parameter", _rebuild_parameter),
-    "torch.Size": _Global("Size", lambda dims=(): _TorchSize(dims)),
-    "torch.device": _Global("device", _device),
-    "_codecs.encode": _Global("encode", _codecs_encode),
-    "__builtin__.set": _Global("set", _set),
-    "builtins.set": _Global("set", _set),
-}
+def _allowed() -> dict[str, _Global]:
+    """The globals a checkpoint's pickle may name, made afresh for one read."""
+    return {
+        "collections.OrderedDict": _Global("OrderedDict", lambda *args: OrderedDict(*args)),
+        "torch._utils._rebuild_tensor_v2": _Global("_rebuild_tensor_v2", _rebuild_tensor),
+        "torch._utils._rebuild_tensor_v3": _Global("_rebuild_tensor_v3", _rebuild_tensor_v3),
+        "torch._utils._rebuild_parameter": _Global("_rebuild_parameter", _rebuild_parameter),
+        "torch._utils._rebuild_parameter_with_state": _Global(
+            "_rebuild_parameter", _rebuild_parameter
+        ),
+        "torch.Size": _Global("Size", lambda dims=(): _TorchSize(dims)),
+        "torch.device": _Global("device", _device),
+        "_codecs.encode": _Global("encode", _codecs_encode),
+        "__builtin__.set": _Global("set", _set),
+        "builtins.set": _Global("set", _set),
+    }
 
 
 class _StorageType:
@@ -210,11 +228,12 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.display_name = display_name
         self.storages: dict[str, _Storage] = {}
+        self.allowed = _allowed()  # this read's own: see _Global
 
     def find_class(self, module: str, name: str) -> Any:
         full = f"{module}.{name}"
-        if full in _ALLOWED:
-            return _ALLOWED[full]
+        if full in self.allowed:
+            return self.allowed[full]
         if module == "torch" and name in _TORCH_DTYPE_NAMES:
             return _TorchDtype(name)
         if module == "torch" and name.endswith("Storage") and from_torch_storage(name):

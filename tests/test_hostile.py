@@ -1,0 +1,89 @@
+"""Hostile input: what one file's content does ends with its own read. Every hostile input
+runs the product in a subprocess under an address-space limit and a timeout."""
+
+from __future__ import annotations
+
+import io
+import resource
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from git_theta.errors import NotACheckpointError
+from git_theta.formats.pytorch import PyTorchFormat
+from tests.helpers import Repo
+
+LIMIT = 1 << 30  # bytes of address space for the git command under test (and its children)
+
+
+def _limits() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (4 * LIMIT, 4 * LIMIT))
+
+
+def _with_pickle(valid: bytes, pickle_bytes: bytes) -> bytes:
+    """``valid`` (a torch.save archive) with its data.pkl replaced."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(valid)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = pickle_bytes if info.filename.endswith("/data.pkl") else src.read(info)
+            dst.writestr(info, data)
+    return out.getvalue()
+
+
+def _saved(value: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    return buf.getvalue()
+
+
+# a pickle that BUILDs the allowed global torch.Size, replacing how it builds sizes with set
+REBUILD_SIZE = b"\x80\x02ctorch\nSize\n}(X\x06\x00\x00\x00_buildcbuiltins\nset\nub0}."
+
+
+def test_a_pickle_cannot_change_the_globals_another_read_uses(tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(_with_pickle(_saved({}), REBUILD_SIZE))
+    valid = tmp_path / "valid.pt"
+    valid.write_bytes(_saved({"size": torch.Size([3, 224, 224]), "w": torch.ones(2)}))
+    fmt = PyTorchFormat()
+    with pytest.raises(
+        NotACheckpointError, match="the pickle changes `Size`, which it may only call"
+    ):
+        fmt.read(hostile, "hostile.pt")
+    root = fmt.read(valid, "valid.pt").format["root"]
+    assert ["size", {"torch.Size": [3, 224, 224]}] in root["dict"]
+
+
+@pytest.mark.timeout(120)
+def test_a_hostile_file_in_the_same_git_add_changes_nothing_for_the_others(
+    repo: Repo, tmp_path: Path
+) -> None:
+    repo.theta("track", "*.pt")
+    valid = _saved({"size": torch.Size([3, 224, 224]), "w": torch.ones(2)})
+    (repo.path / "a_hostile.pt").write_bytes(_with_pickle(_saved({}), REBUILD_SIZE))
+    (repo.path / "b_valid.pt").write_bytes(valid)
+    proc = subprocess.run(
+        ["git", "add", "a_hostile.pt", "b_valid.pt"],
+        cwd=repo.path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limits,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert (
+        "git-theta: error: a_hostile.pt: not a checkpoint git-theta can read: invalid PyTorch "
+        "checkpoint: the pickle changes `Size`, which it may only call" in proc.stderr
+    )
+    assert "a_hostile.pt" not in repo.git("ls-files").stdout
+    repo.git("add", "b_valid.pt")
+    alone = Repo.init(tmp_path / "alone")
+    alone.theta("install", "--local")
+    alone.theta("track", "*.pt")
+    (alone.path / "b_valid.pt").write_bytes(valid)
+    alone.git("add", "b_valid.pt")
+    assert repo.blob(":b_valid.pt") == alone.blob(":b_valid.pt")
+    assert b'"torch.Size": [3, 224, 224]' in repo.blob(":b_valid.pt")
