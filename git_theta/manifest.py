@@ -194,9 +194,16 @@ class Manifest:
             value = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"not a git-theta manifest: {exc}") from exc
+        except RecursionError:
+            raise ManifestError("not a git-theta manifest: its JSON is nested too deeply") from None
         if not isinstance(value, dict) or "git_theta" not in value:
             raise ManifestError("not a git-theta manifest: no `git_theta` schema version")
         version = value["git_theta"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ManifestError(
+                f"manifest schema version {json.dumps(version)[:40]} is not a number: the file "
+                "is damaged (check it out again from a good commit)"
+            )
         if version != SCHEMA_VERSION:
             raise ManifestError(
                 f"manifest schema version {version!r} is not one this git-theta knows "

@@ -87,3 +87,65 @@ def test_a_hostile_file_in_the_same_git_add_changes_nothing_for_the_others(
     alone.git("add", "b_valid.pt")
     assert repo.blob(":b_valid.pt") == alone.blob(":b_valid.pt")
     assert b'"torch.Size": [3, 224, 224]' in repo.blob(":b_valid.pt")
+
+
+def _shared(depth: int) -> object:
+    x: object = ()
+    for _ in range(depth):
+        x = (x, x)  # pickled once per level; expanded, 2**depth values
+    return x
+
+
+def _cycle() -> object:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+def _deep(depth: int) -> object:
+    x: object = []
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (_shared(60), "holds more than 1000000 values (or shares containers)"),
+        (_cycle(), "nests containers more than 100 deep (or in a cycle)"),
+        (_deep(300), "nests containers more than 100 deep (or in a cycle)"),
+        (10**100_000, "holds an integer of 332193 bits"),
+    ],
+    ids=["shared-references", "cycle", "deep", "huge-integer"],
+)
+def test_pickles_past_the_limits_get_one_line(repo: Repo, value: object, what: str) -> None:
+    (repo.path / "model.pt").write_bytes(_saved({"w": torch.ones(2), "x": value}))
+    proc = subprocess.run(
+        ["git", "add", "model.pt"],
+        cwd=repo.path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limits,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    assert errors == [
+        f"git-theta: error: model.pt: not a checkpoint git-theta can read: its pickle {what}: "
+        "git-theta stores at most 1000000 values nested 100 deep, integers of 256 bits and "
+        "strings of 16 MiB"
+    ]
+    assert "model.pt" not in repo.git("ls-files").stdout
+
+
+def test_damaged_manifests_get_one_clear_error() -> None:
+    from git_theta.errors import ManifestError
+    from git_theta.manifest import Manifest
+
+    with pytest.raises(ManifestError, match=r'^manifest schema version "1" is not a number: '):
+        Manifest.from_bytes(b'{"git_theta": "1", "format": {"name": "x"}, "tensors": {}}')
+    deep = b'{"git_theta": 1, "format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        Manifest.from_bytes(deep)

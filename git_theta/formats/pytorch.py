@@ -263,11 +263,19 @@ def _escape(component: str) -> str:
     return component.replace("~", "~0").replace("/", "~1")
 
 
+# limits on what a checkpoint's pickle may hold (past them: one clear error)
+MAX_DEPTH = 100  # containers nested in containers
+MAX_VALUES = 1_000_000  # values in all (a container shared N times counts N times)
+MAX_INT_BITS = 256  # an integer's size (about 77 decimal digits)
+MAX_TEXT = 16 << 20  # bytes of one string or bytes value
+
+
 class _TreeBuilder:
     """Turns the unpickled object into JSON nodes and collects its tensors."""
 
     def __init__(self, display_name: str) -> None:
         self.display_name = display_name
+        self._values = 0
         self.tensors: dict[str, _TensorRef] = {}
         self.aliases: dict[str, str] = {}
         self._names: dict[int, str] = {}  # id(_TensorRef) -> name
@@ -298,7 +306,25 @@ class _TreeBuilder:
             node["requires_grad"] = True
         return node
 
-    def node(self, value: Any, path: list[str]) -> dict[str, Any]:
+    def _too(self, what: str) -> NotACheckpointError:
+        return NotACheckpointError(
+            self.display_name,
+            f"its pickle {what}: git-theta stores at most {MAX_VALUES} values nested "
+            f"{MAX_DEPTH} deep, integers of {MAX_INT_BITS} bits and strings of "
+            f"{MAX_TEXT >> 20} MiB",
+        )
+
+    def node(self, value: Any, path: list[str], depth: int = 0) -> dict[str, Any]:
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise self._too(f"holds more than {MAX_VALUES} values (or shares containers)")
+        if depth > MAX_DEPTH:
+            raise self._too(f"nests containers more than {MAX_DEPTH} deep (or in a cycle)")
+        if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            raise self._too(f"holds an integer of {value.bit_length()} bits")
+        if isinstance(value, (str, bytes)) and len(value) > MAX_TEXT:
+            raise self._too(f"holds a string of {len(value)} characters or bytes")
+        deeper = depth + 1
         if isinstance(value, _TensorRef):
             return self._tensor(value, path)
         if value is None:
@@ -326,23 +352,24 @@ class _TreeBuilder:
                 if isinstance(key, (str, int)) and not isinstance(key, bool):
                     label = str(key)
                 else:
-                    label = f"<{json.dumps(self.node(key, []), sort_keys=True)}>"
-                key_node = key if isinstance(key, str) else self.node(key, [])
-                items.append([key_node, self.node(item, [*path, _escape(label)])])
+                    label = f"<{json.dumps(self.node(key, [], deeper), sort_keys=True)}>"
+                key_node = key if isinstance(key, str) else self.node(key, [], deeper)
+                items.append([key_node, self.node(item, [*path, _escape(label)], deeper)])
             attrs = vars(value) if isinstance(value, OrderedDict) else {}
             if attrs:  # e.g. a state dict's `_metadata` (module versions), set by BUILD
                 return {
                     kind: items,
                     "attrs": [
-                        [k, self.node(v, [*path, _escape("@" + k)])] for k, v in attrs.items()
+                        [k, self.node(v, [*path, _escape("@" + k)], deeper)]
+                        for k, v in attrs.items()
                     ],
                 }
             return {kind: items}
         if isinstance(value, (list, tuple)):
             kind = "tuple" if isinstance(value, tuple) else "list"
-            return {kind: [self.node(v, [*path, str(i)]) for i, v in enumerate(value)]}
+            return {kind: [self.node(v, [*path, str(i)], deeper) for i, v in enumerate(value)]}
         if isinstance(value, set):
-            nodes = [self.node(v, [*path, "*"]) for v in value]
+            nodes = [self.node(v, [*path, "*"], deeper) for v in value]
             return {"set": sorted(nodes, key=lambda n: json.dumps(n, sort_keys=True))}
         raise UnsupportedError(
             f"{self.display_name}: values of type {type(value).__name__} are not supported"
