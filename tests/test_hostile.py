@@ -23,6 +23,18 @@ def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (4 * LIMIT, 4 * LIMIT))
 
 
+def _limited_add(repo: Repo, *paths: str) -> subprocess.CompletedProcess[str]:
+    """`git add PATHS` under the address-space limit and a timeout."""
+    return subprocess.run(
+        ["git", "add", *paths],
+        cwd=repo.path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limits,
+        timeout=60,
+    )
+
+
 def _with_pickle(valid: bytes, pickle_bytes: bytes) -> bytes:
     """``valid`` (a torch.save archive) with its data.pkl replaced."""
     out = io.BytesIO()
@@ -65,14 +77,7 @@ def test_a_hostile_file_in_the_same_git_add_changes_nothing_for_the_others(
     valid = _saved({"size": torch.Size([3, 224, 224]), "w": torch.ones(2)})
     (repo.path / "a_hostile.pt").write_bytes(_with_pickle(_saved({}), REBUILD_SIZE))
     (repo.path / "b_valid.pt").write_bytes(valid)
-    proc = subprocess.run(
-        ["git", "add", "a_hostile.pt", "b_valid.pt"],
-        cwd=repo.path,
-        capture_output=True,
-        text=True,
-        preexec_fn=_limits,
-        timeout=60,
-    )
+    proc = _limited_add(repo, "a_hostile.pt", "b_valid.pt")
     assert proc.returncode != 0
     assert (
         "git-theta: error: a_hostile.pt: not a checkpoint git-theta can read: invalid PyTorch "
@@ -122,14 +127,7 @@ def _deep(depth: int) -> object:
 )
 def test_pickles_past_the_limits_get_one_line(repo: Repo, value: object, what: str) -> None:
     (repo.path / "model.pt").write_bytes(_saved({"w": torch.ones(2), "x": value}))
-    proc = subprocess.run(
-        ["git", "add", "model.pt"],
-        cwd=repo.path,
-        capture_output=True,
-        text=True,
-        preexec_fn=_limits,
-        timeout=60,
-    )
+    proc = _limited_add(repo, "model.pt")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
     assert errors == [
