@@ -178,4 +178,26 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
             f"object holds {array.dtype.name}[{', '.join(map(str, array.shape))}], "
             f"expected {word.name}[{words}]"
         )
+    budget = memory_budget()
+    if words * word.itemsize > budget:  # tensorstore would abort the process allocating it
+        raise CorruptObjectError(
+            f"object claims {words * word.itemsize} bytes of data, more than this process may "
+            f"hold ({budget} bytes): it is damaged or hostile"
+        )
     return array
+
+
+def memory_budget() -> int:
+    """Bytes one decoded array may take: the machine's memory, or less under a limit on the
+    process's address space (half of it: the rest of the process needs room too)."""
+    import os
+    import resource
+
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        physical = 1 << 40
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        return min(physical, soft // 2)
+    return physical

@@ -147,3 +147,61 @@ def test_damaged_manifests_get_one_clear_error() -> None:
     deep = b'{"git_theta": 1, "format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(ManifestError, match="nested too deeply"):
         Manifest.from_bytes(deep)
+
+
+@pytest.mark.timeout(120)
+def test_an_object_claiming_terabytes_fails_its_file_not_the_filter(repo: Repo) -> None:
+    import hashlib
+    import json
+
+    torch.save({"w": torch.ones(4), "v": torch.zeros(3)}, repo.path / "model.pt")
+    repo.commit_file("model.pt", "v1")
+    manifest = json.loads(repo.blob("HEAD:model.pt"))
+    record = manifest["tensors"]["w"]
+    oid = record["storage"]["objects"][0]["oid"]
+    store = repo.path / ".git" / "lfs" / "theta" / "objects"
+    src = (store / oid[:2] / oid[2:4] / oid).read_bytes()
+    huge = 10**12
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(src)) as old, zipfile.ZipFile(out, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "zarr.json":
+                meta = json.loads(data)
+                meta["shape"] = [huge]
+                data = json.dumps(meta).encode()
+            new.writestr(info.filename, data)
+    blob = out.getvalue()
+    bad = hashlib.sha256(blob).hexdigest()
+    (store / bad[:2] / bad[2:4]).mkdir(parents=True, exist_ok=True)
+    (store / bad[:2] / bad[2:4] / bad).write_bytes(blob)
+    record["shape"] = [huge]
+    record["storage"]["objects"] = [{"oid": bad, "size": len(blob)}]
+    manifest_blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=repo.path,
+            input=json.dumps(manifest).encode(),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    repo.git("update-index", "--cacheinfo", f"100644,{manifest_blob},model.pt")
+    repo.git("commit", "-q", "-m", "a hostile manifest")
+    (repo.path / "model.pt").unlink()
+    proc = subprocess.run(
+        ["git", "checkout", "--", "model.pt"],
+        cwd=repo.path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limits,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    assert len(lines) == 1 and lines[0].startswith("git-theta: error: model.pt: tensor `w`: ")
+    assert "claims 4000000000000 bytes of data, more than this process may hold" in lines[0]
+    assert "Aborted" not in proc.stderr and "bad_alloc" not in proc.stderr
+    assert not (repo.path / "model.pt").exists()
