@@ -205,3 +205,37 @@ def test_an_object_claiming_terabytes_fails_its_file_not_the_filter(repo: Repo) 
     assert "claims 4000000000000 bytes of data, more than this process may hold" in lines[0]
     assert "Aborted" not in proc.stderr and "bad_alloc" not in proc.stderr
     assert not (repo.path / "model.pt").exists()
+
+
+def _with_member(valid: bytes, suffix: str, data: bytes) -> bytes:
+    """``valid`` with the member ending in ``suffix`` replaced by ``data``, deflated."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(valid)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename.endswith(suffix):
+                dst.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info, src.read(info))
+    return out.getvalue()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("suffix", "size", "limit"),
+    [("/data.pkl", 200 << 20, 64 << 20), ("/byteorder", 100 << 20, 16)],
+    ids=["data.pkl", "byteorder"],
+)
+def test_a_deflated_record_is_never_inflated_past_its_limit(
+    repo: Repo, suffix: str, size: int, limit: int
+) -> None:
+    hostile = _with_member(_saved({"w": torch.ones(2)}), suffix, b"\0" * size)
+    assert len(hostile) < size // 100  # a few hundred KB on disk
+    (repo.path / "model.pt").write_bytes(hostile)
+    proc = _limited_add(repo, "model.pt")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    member = "archive" + suffix
+    assert errors == [
+        f"git-theta: error: model.pt: not a checkpoint git-theta can read: its `{member}` holds "
+        f"{size} bytes, more than the {limit} git-theta reads"
+    ]

@@ -268,6 +268,7 @@ MAX_DEPTH = 100  # containers nested in containers
 MAX_VALUES = 1_000_000  # values in all (a container shared N times counts N times)
 MAX_INT_BITS = 256  # an integer's size (about 77 decimal digits)
 MAX_TEXT = 16 << 20  # bytes of one string or bytes value
+MAX_PICKLE = 64 << 20  # bytes of data.pkl (inflated)
 
 
 class _TreeBuilder:
@@ -376,6 +377,22 @@ class _TreeBuilder:
         )
 
 
+def _read_small(archive: zipfile.ZipFile, name: str, limit: int, display_name: str) -> bytes:
+    """A member that must be small, read only when its recorded size says it is (and never
+    inflated past ``limit``)."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise NotACheckpointError(
+            display_name,
+            f"its `{name}` holds {info.file_size} bytes, more than the {limit} git-theta reads",
+        )
+    with archive.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise NotACheckpointError(display_name, f"its `{name}` holds more than {limit} bytes")
+    return data
+
+
 def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     f.seek(info.header_offset)
     header = f.read(30)
@@ -476,9 +493,10 @@ class PyTorchFormat:
                     f"{display_name}: torch archive member `{member}` is not supported "
                     "(TorchScript and other archives are not plain torch.save files)"
                 )
-        if prefix + "byteorder" in infos and archive.read(prefix + "byteorder") != b"little":
+        byteorder = prefix + "byteorder"
+        if byteorder in infos and _read_small(archive, byteorder, 16, display_name) != b"little":
             raise UnsupportedError(f"{display_name}: big-endian torch files are not supported")
-        unpickler = _Unpickler(archive.read(pkl), display_name)
+        unpickler = _Unpickler(_read_small(archive, pkl, MAX_PICKLE, display_name), display_name)
         root = unpickler.load()
         builder = _TreeBuilder(display_name)
         tree = builder.node(root, [])
