@@ -239,3 +239,60 @@ def test_a_deflated_record_is_never_inflated_past_its_limit(
         f"git-theta: error: model.pt: not a checkpoint git-theta can read: its `{member}` holds "
         f"{size} bytes, more than the {limit} git-theta reads"
     ]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no-header", "safetensors manifest has no `header`"),
+        ("overlap", "safetensors manifest: tensor `b` overlaps or leaves a gap"),
+        ("bad-json", "safetensors manifest has an invalid header: "),
+    ],
+)
+def test_a_safetensors_manifest_its_library_would_refuse_is_refused(
+    repo: Repo, damage: str, message: str
+) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    repo.theta("track", "model.safetensors")
+    save_file({"a": torch.ones(2), "b": torch.zeros(2)}, str(repo.path / "model.safetensors"))
+    repo.git("add", ".gitattributes", "model.safetensors")
+    repo.git("commit", "-q", "-m", "v1")
+    manifest = json.loads(repo.blob("HEAD:model.safetensors"))
+    if damage == "no-header":
+        del manifest["format"]["header"]
+    elif damage == "overlap":
+        header = json.loads(manifest["format"]["header"])
+        header["b"]["data_offsets"] = [4, 12]
+        manifest["format"]["header"] = json.dumps(header)
+    else:
+        manifest["format"]["header"] = "{not json"
+    blob = (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--stdin"],
+            cwd=repo.path,
+            input=json.dumps(manifest).encode(),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    repo.git("update-index", "--cacheinfo", f"100644,{blob},model.safetensors")
+    (repo.path / "model.safetensors").unlink()
+    proc = subprocess.run(
+        ["git", "checkout", "--", "model.safetensors"],
+        cwd=repo.path,
+        capture_output=True,
+        text=True,
+        preexec_fn=_limits,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"git-theta: error: model.safetensors: {message}")
+    assert not (repo.path / "model.safetensors").exists()

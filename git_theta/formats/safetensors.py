@@ -45,6 +45,29 @@ def _parse_header(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]
     return entries
 
 
+def _manifest_entries(
+    fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """The header a manifest records, checked as the safetensors library would check the
+    file it makes (one object, tensors laid end to end from 0) and against the manifest's
+    tensors; raises ManifestError, so a file its own library refuses is never written."""
+    text = fmt.get("header")
+    if not isinstance(text, str):
+        raise ManifestError("safetensors manifest has no `header`")
+    try:
+        entries = _parse_header(text)
+    except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
+        raise ManifestError(f"safetensors manifest has an invalid header: {exc}") from None
+    expected = 0
+    for name, _, _, begin, end in entries:
+        if begin != expected:
+            raise ManifestError(f"safetensors manifest: tensor `{name}` overlaps or leaves a gap")
+        expected = end
+    if {e[0] for e in entries} != set(tensors) or aliases:
+        raise ManifestError("safetensors manifest's header and tensors disagree")
+    return entries
+
+
 def _load(file: SharedFile, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
     word = word_dtype(get_dtype(dt).itemsize)
     return read_range(file, start, nbytes(dt, shape)).view(word)
@@ -107,7 +130,7 @@ class SafetensorsFormat:
         self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
     ) -> list[str]:
         """Names of the tensors in the order ``write`` loads them (their order in the file)."""
-        return [e[0] for e in _parse_header(fmt["header"])]
+        return [e[0] for e in _manifest_entries(fmt, tensors, aliases)]
 
     def write(
         self,
@@ -116,13 +139,8 @@ class SafetensorsFormat:
         aliases: Mapping[str, str],
         out: BinaryIO,
     ) -> None:
-        text = fmt.get("header")
-        if not isinstance(text, str):
-            raise ManifestError("safetensors manifest has no `header`")
-        entries = _parse_header(text)
-        if {e[0] for e in entries} != set(tensors) or aliases:
-            raise ManifestError("safetensors manifest's header and tensors disagree")
-        raw = text.encode("utf-8")
+        entries = _manifest_entries(fmt, tensors, aliases)
+        raw = fmt["header"].encode("utf-8")
         out.write(struct.pack("<Q", len(raw)))
         out.write(raw)
         for name, dt, shape, _, _ in entries:
