@@ -23,16 +23,32 @@ def _limits() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (4 * LIMIT, 4 * LIMIT))
 
 
-def _limited_add(repo: Repo, *paths: str) -> subprocess.CompletedProcess[str]:
-    """`git add PATHS` under the address-space limit and a timeout."""
+def _limited_git(repo: Repo, *args: str) -> subprocess.CompletedProcess[str]:
+    """`git ARGS` under the address-space limit and a timeout."""
     return subprocess.run(
-        ["git", "add", *paths],
+        ["git", *args],
         cwd=repo.path,
         capture_output=True,
         text=True,
         preexec_fn=_limits,
         timeout=60,
     )
+
+
+def _limited_add(repo: Repo, *paths: str) -> subprocess.CompletedProcess[str]:
+    return _limited_git(repo, "add", *paths)
+
+
+def _stage_manifest(repo: Repo, path: str, manifest: dict[str, object]) -> None:
+    """Put ``manifest`` in the index at ``path`` as it is (no filter), the work file gone."""
+    import json
+
+    data = json.dumps(manifest).encode()
+    proc = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"], cwd=repo.path, input=data, capture_output=True
+    )
+    repo.git("update-index", "--cacheinfo", f"100644,{proc.stdout.decode().strip()},{path}")
+    (repo.path / path).unlink()
 
 
 def _with_pickle(valid: bytes, pickle_bytes: bytes) -> bytes:
@@ -177,28 +193,8 @@ def test_an_object_claiming_terabytes_fails_its_file_not_the_filter(repo: Repo) 
     (store / bad[:2] / bad[2:4] / bad).write_bytes(blob)
     record["shape"] = [huge]
     record["storage"]["objects"] = [{"oid": bad, "size": len(blob)}]
-    manifest_blob = (
-        subprocess.run(
-            ["git", "hash-object", "-w", "--stdin"],
-            cwd=repo.path,
-            input=json.dumps(manifest).encode(),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
-    )
-    repo.git("update-index", "--cacheinfo", f"100644,{manifest_blob},model.pt")
-    repo.git("commit", "-q", "-m", "a hostile manifest")
-    (repo.path / "model.pt").unlink()
-    proc = subprocess.run(
-        ["git", "checkout", "--", "model.pt"],
-        cwd=repo.path,
-        capture_output=True,
-        text=True,
-        preexec_fn=_limits,
-        timeout=60,
-    )
+    _stage_manifest(repo, "model.pt", manifest)
+    proc = _limited_git(repo, "checkout", "--", "model.pt")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
     assert len(lines) == 1 and lines[0].startswith("git-theta: error: model.pt: tensor `w`: ")
@@ -270,27 +266,8 @@ def test_a_safetensors_manifest_its_library_would_refuse_is_refused(
         manifest["format"]["header"] = json.dumps(header)
     else:
         manifest["format"]["header"] = "{not json"
-    blob = (
-        subprocess.run(
-            ["git", "hash-object", "-w", "--stdin"],
-            cwd=repo.path,
-            input=json.dumps(manifest).encode(),
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
-    )
-    repo.git("update-index", "--cacheinfo", f"100644,{blob},model.safetensors")
-    (repo.path / "model.safetensors").unlink()
-    proc = subprocess.run(
-        ["git", "checkout", "--", "model.safetensors"],
-        cwd=repo.path,
-        capture_output=True,
-        text=True,
-        preexec_fn=_limits,
-        timeout=60,
-    )
+    _stage_manifest(repo, "model.safetensors", manifest)
+    proc = _limited_git(repo, "checkout", "--", "model.safetensors")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
     assert len(lines) == 1
