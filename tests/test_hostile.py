@@ -273,3 +273,18 @@ def test_a_safetensors_manifest_its_library_would_refuse_is_refused(
     assert len(lines) == 1
     assert lines[0].startswith(f"git-theta: error: model.safetensors: {message}")
     assert not (repo.path / "model.safetensors").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_view_repeating_its_storage_to_gigabytes_gets_one_line(repo: Repo) -> None:
+    bomb = torch.arange(16.0).as_strided((50000, 50000), (0, 0))  # 64 bytes as 9.3 GiB
+    (repo.path / "model.pt").write_bytes(_saved({"w": bomb}))
+    assert (repo.path / "model.pt").stat().st_size < 4096
+    proc = _limited_add(repo, "model.pt")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    assert errors == [
+        "git-theta: error: model.pt: tensor `w` is a view that repeats its storage (64 bytes) "
+        "to 10000000000 bytes, which git-theta does not store: save `w.clone()` if the "
+        "repeated tensor is meant, or the storage itself"
+    ]

@@ -269,6 +269,7 @@ MAX_VALUES = 1_000_000  # values in all (a container shared N times counts N tim
 MAX_INT_BITS = 256  # an integer's size (about 77 decimal digits)
 MAX_TEXT = 16 << 20  # bytes of one string or bytes value
 MAX_PICKLE = 64 << 20  # bytes of data.pkl (inflated)
+MAX_VIEW_GROWTH = 64 << 20  # bytes a view may have beyond its storage's (stride-0 repeats)
 
 
 class _TreeBuilder:
@@ -443,6 +444,15 @@ def _check_bounds(name: str, ref: _TensorRef, storage_bytes: int) -> None:
     last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
     if any(s < 0 for s in ref.stride) or (last + 1) * ref.dtype.itemsize > storage_bytes:
         raise ValueError(f"tensor `{name}` points outside its storage")
+    expanded = numel(ref.shape) * ref.dtype.itemsize
+    if expanded > max(storage_bytes, MAX_VIEW_GROWTH):
+        # a view that repeats its storage's bytes (stride 0): git-theta stores tensors
+        # expanded, so a few bytes could claim gigabytes
+        raise UnsupportedError(
+            f"tensor `{name}` is a view that repeats its storage ({storage_bytes} bytes) to "
+            f"{expanded} bytes, which git-theta does not store: save `{name}.clone()` if the "
+            "repeated tensor is meant, or the storage itself"
+        )
 
 
 class PyTorchFormat:
