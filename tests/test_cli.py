@@ -58,7 +58,7 @@ LFS_MISSING = (
     "git-theta: error: git-lfs is not installed (`git lfs version` failed): install it "
     "(e.g. `apt-get install git-lfs`) and run `git theta install` again\n"
 )
-HIDDEN = {"clean", "smudge", "filter-process", "hook"}
+HIDDEN = {"clean", "smudge", "filter-process", "hook", "merge-driver", "diff-driver", "textconv"}
 NOT_INSTALLED_WARNING = (
     "git-theta: warning: git-theta's filter is not configured here: run `git theta install`\n"
 )
@@ -184,7 +184,7 @@ def outside(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_root_help_lists_the_user_commands(tmp_path: Path) -> None:
     commands = [
         "  add        Stage checkpoints: `git add` with the same paths and options.",
-        "  install    Register git-theta's filter driver in git config.",
+        "  install    Register git-theta's drivers in git config.",
         "  ls-files   List checkpoints in the index stored by git-theta.",
         "  track      Store files matching PATTERNS with git-theta.",
         "  uninstall  Remove exactly what `git theta install` added to git config.",
@@ -208,7 +208,11 @@ def test_root_help_lists_the_user_commands(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "usage", "purpose"),
     [
-        ("install", "[OPTIONS]", "Register git-theta's filter driver in git config."),
+        (
+            "install",
+            "[OPTIONS]",
+            "Register git-theta's drivers in git config.",
+        ),
         ("uninstall", "[OPTIONS]", "Remove exactly what `git theta install` added to git config."),
         ("track", "[OPTIONS] PATTERNS...", "Store files matching PATTERNS with git-theta."),
         (

@@ -22,10 +22,11 @@ def _repo(scope: str) -> Repo | None:
 @click.command()
 @scope_option
 def install(scope: str) -> None:
-    """Register git-theta's filter driver in git config.
+    """Register git-theta's drivers in git config.
 
     Writes filter.theta.process (the long-running filter), filter.theta.clean and
-    filter.theta.smudge (one-shot forms of the same code) and filter.theta.required.
+    filter.theta.smudge (one-shot forms of the same code) and filter.theta.required; the
+    merge driver (merge.theta.*) and the diff driver and textconv (diff.theta.*).
     Needs git-lfs. Default scope: --global. With --local, also installs the pre-push hook
     that uploads objects; under --global or --system each repository gets it the first
     time git-theta's filter runs there.
