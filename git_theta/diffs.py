@@ -10,7 +10,7 @@ from git_theta import diffing
 from git_theta import filter as theta_filter
 from git_theta.errors import ManifestError, UsageError
 from git_theta.gitio import git
-from git_theta.gitio.scan import is_null
+from git_theta.gitio.scan import is_null, tree_files
 from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
 
@@ -70,24 +70,6 @@ def manifest_of_file(repo: Repo, path: str, file: Path) -> Manifest | None:
     return Manifest.from_bytes(data)
 
 
-def _tree(repo: Repo, rev: str) -> dict[str, str]:
-    """path -> blob of the files in ``rev``'s tree."""
-    check = repo.git(["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], check=False)
-    if check.returncode != 0 or rev.startswith("-"):
-        raise UsageError(
-            f"`{rev}` names no commit or tree in this repository: check the name "
-            "(`git log --oneline --all` lists commits)"
-        )
-    listing = git.decode_path(repo.git(["ls-tree", "-r", "-z", "--full-tree", rev]).stdout)
-    found = {}
-    for entry in listing.split("\0"):
-        meta, _, path = entry.partition("\t")
-        fields = meta.split()
-        if len(fields) == 3 and fields[1] == "blob":
-            found[path] = fields[2]
-    return found
-
-
 def _index(repo: Repo) -> dict[str, str]:
     return {e.path: e.blob for e in repo.index_entries() if e.stage == 0}
 
@@ -127,14 +109,14 @@ def diff(
             left = base.stdout.decode().strip()
         revs = [left, right]
     if len(revs) == 2:
-        old, new = _tree(repo, revs[0]), _tree(repo, revs[1])
+        old, new = tree_files(repo.top, revs[0]), tree_files(repo.top, revs[1])
         worktree = False
     else:
         if revs:
-            old = _tree(repo, revs[0])
+            old = tree_files(repo.top, revs[0])
         elif cached:
             head = repo.git(["rev-parse", "-q", "--verify", "HEAD^{tree}"], check=False)
-            old = _tree(repo, "HEAD") if head.returncode == 0 else {}
+            old = tree_files(repo.top, "HEAD") if head.returncode == 0 else {}
         else:
             old = _index(repo)
         new = _index(repo)
@@ -205,19 +187,11 @@ def log(repo: Repo, revs: list[str], pathspecs: list[str]) -> list[LogEntry]:
         raise UsageError(
             f"`git log {' '.join(revs)}` failed: {proc.stderr.decode(errors='replace').strip()}"
         )
-    entries: list[tuple[str, str, list[tuple[str, str, str]]]] = []
-    fields = iter(git.decode_path(proc.stdout).split("\0"))
-    for field in fields:
-        field = field.lstrip("\n")
-        if field.startswith("commit "):
-            sha, _, subject = field[len("commit ") :].partition("\t")
-            entries.append((sha, subject.strip(), []))
-            continue
-        if field.startswith(":") and entries:
-            meta = field[1:].split()
-            path = next(fields, "")
-            if len(meta) >= 5:
-                entries[-1][2].append((path, meta[2], meta[3]))
+    entries = []
+    for header, found in git.raw_log(proc.stdout):
+        sha, _, subject = header.partition("\t")
+        changes = [(path, meta[2], meta[3]) for meta, path in found if len(meta) >= 5]
+        entries.append((sha.strip(), subject.strip(), changes))
     theta = set(repo.theta_paths(sorted({p for _, _, changes in entries for p, _, _ in changes})))
     result = []
     for sha, subject, changes in entries:

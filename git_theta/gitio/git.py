@@ -140,6 +140,22 @@ def index_entries(
     return entries
 
 
+def raw_log(out: bytes) -> list[tuple[str, list[tuple[list[str], str]]]]:
+    """``git log --format="commit …" --raw -z`` output as (what follows "commit ", then per
+    changed file the fields of its ``:<modes> <ids> <status>`` line and its path) per commit.
+    With -z, "commit …" ends with a NUL (a newline may lead the field after it), then each
+    change line and each path are ended by a NUL."""
+    commits: list[tuple[str, list[tuple[list[str], str]]]] = []
+    fields = iter(decode_path(out).split("\0"))
+    for field in fields:
+        field = field.lstrip("\n")
+        if field.startswith("commit "):
+            commits.append((field[len("commit ") :], []))
+        elif field.startswith(":") and commits:
+            commits[-1][1].append((field[1:].split(), next(fields, "")))
+    return commits
+
+
 def require_lfs() -> str:
     """The ``git lfs version`` line; raises GitLfsMissingError when git-lfs is missing."""
     proc = run(["lfs", "version"], None, check=False)

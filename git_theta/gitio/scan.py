@@ -91,21 +91,27 @@ def scan_trees(
     limit: int = DEFAULT_LIMIT,
 ) -> Iterator[Blob]:
     """Blobs in the trees of ``revs`` (each a commit or anything naming a tree)."""
-    refs = []
-    for rev in revs:
-        tree = git.run(["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], top, check=False)
-        if tree.returncode != 0 or rev.startswith("-"):
-            raise UsageError(
-                f"`{rev}` names no commit or tree in this repository: check the name "
-                "(`git log --oneline --all` lists commits)"
-            )
-        listing = git.decode_path(git.run(["ls-tree", "-r", "-z", "--full-tree", rev], top).stdout)
-        for entry in listing.split("\0"):
-            meta, _, path = entry.partition("\t")
-            fields = meta.split()
-            if len(fields) == 3 and fields[1] == "blob":
-                refs.append(_Ref(rev, path, fields[2]))
+    refs = [_Ref(rev, path, blob) for rev in revs for path, blob in tree_files(top, rev).items()]
     yield from _read(top, refs, theta_only, prefix, limit)
+
+
+def tree_files(top: Path, rev: str) -> dict[str, str]:
+    """path -> blob of the files in the tree ``rev`` names (a commit or anything naming a
+    tree); raises UsageError when it names none."""
+    tree = git.run(["rev-parse", "--verify", "--quiet", f"{rev}^{{tree}}"], top, check=False)
+    if tree.returncode != 0 or rev.startswith("-"):
+        raise UsageError(
+            f"`{rev}` names no commit or tree in this repository: check the name "
+            "(`git log --oneline --all` lists commits)"
+        )
+    listing = git.decode_path(git.run(["ls-tree", "-r", "-z", "--full-tree", rev], top).stdout)
+    files = {}
+    for entry in listing.split("\0"):
+        meta, _, path = entry.partition("\t")
+        fields = meta.split()
+        if len(fields) == 3 and fields[1] == "blob":
+            files[path] = fields[2]
+    return files
 
 
 def scan_index(
@@ -179,22 +185,12 @@ def _log(top: Path, args: list[str]) -> list[_Ref]:
         top,
     ).stdout
     refs: dict[tuple[str, str], _Ref] = {}  # by (blob, path): the path filter comes later
-    commit = ""
-    # with -z: "commit <id>" ends with a NUL (a newline may lead the field after it), then
-    # per changed file ":<modes> <ids> <status>" and the path, each ended by a NUL
-    fields = iter(git.decode_path(out).split("\0"))
-    for field in fields:
-        field = field.lstrip("\n")
-        if field.startswith("commit "):
-            commit = field[len("commit ") :].strip()
-            continue
-        if not field.startswith(":"):
-            continue
-        meta = field[1:].split()
-        path = next(fields, "")
-        if len(meta) < 5 or meta[1] in _NOT_FILES or is_null(meta[3]):
-            continue
-        refs.setdefault((meta[3], path), _Ref(commit, path, meta[3]))
+    for header, changes in git.raw_log(out):
+        commit = header.strip()
+        for meta, path in changes:
+            if len(meta) < 5 or meta[1] in _NOT_FILES or is_null(meta[3]):
+                continue
+            refs.setdefault((meta[3], path), _Ref(commit, path, meta[3]))
     return list(refs.values())
 
 
