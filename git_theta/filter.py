@@ -34,8 +34,7 @@ from git_theta.errors import (
 from git_theta.formats import TensorData
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
-from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import identity_hash, numel, word_dtype
+from git_theta.tensors import identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
 _PASSTHROUGH_LIMIT = 64 << 20  # a manifest is never this big; larger files are not read whole
@@ -120,9 +119,6 @@ def missing_objects(manifest: Manifest, store: ObjectStore) -> dict[str, list[st
 
 
 def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarray:
-    itemsize = get_dtype(record.dtype).itemsize
-    word = word_dtype(itemsize)
-    count = numel(record.shape) * itemsize // word.itemsize
     for obj in record.objects:  # each object's bytes against its oid, as it is read
         if not store.is_sound(obj):
             try:
@@ -135,7 +131,7 @@ def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarr
                 "`git theta fsck --fetch` to download a good copy"
             )
     try:
-        words = updates.decode(record.storage, store, word, count)
+        words = updates.decode(record, store)
         if identity_hash(record.dtype, record.shape, words) == record.hash:
             return words
         oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)

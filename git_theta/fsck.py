@@ -21,8 +21,7 @@ from git_theta.history import Located
 from git_theta.manifest import TensorRecord
 from git_theta.repo import Repo
 from git_theta.store import ObjectRef
-from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import identity_hash, numel, word_dtype
+from git_theta.tensors import identity_hash
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -86,10 +85,7 @@ def scope(
 def _decodes(repo: Repo, record: TensorRecord) -> str | None:
     """None when ``record`` decodes from its (sound) objects to its identity hash."""
     try:
-        itemsize = get_dtype(record.dtype).itemsize
-        word = word_dtype(itemsize)
-        count = numel(record.shape) * itemsize // word.itemsize
-        words = updates.decode(record.storage, repo.store, word, count)
+        words = updates.decode(record, repo.store)
     except ThetaError as exc:
         return f"does not decode: {exc}"
     except (ValueError, OSError, MemoryError) as exc:

@@ -12,8 +12,10 @@ import numpy as np
 from git_theta import codec
 from git_theta.config import Config
 from git_theta.errors import ManifestError
-from git_theta.manifest import Dense, Storage
+from git_theta.manifest import Dense, Storage, TensorRecord
 from git_theta.store import ObjectStore
+from git_theta.tensors import dtype as get_dtype
+from git_theta.tensors import numel, word_dtype
 
 
 def start_encode(words: np.ndarray, config: Config) -> codec.Encoding:
@@ -27,9 +29,14 @@ def finish(encoding: codec.Encoding, store: ObjectStore) -> Storage:
     return Dense(store.put(encoding.pieces()))
 
 
-def decode(storage: Storage, store: ObjectStore, word: np.dtype, count: int) -> np.ndarray:
-    """The tensor's ``count`` canonical words of type ``word``, rebuilt from its objects
-    (which must be local). Raises CorruptObjectError for an object that does not decode."""
+def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
+    """The tensor's canonical words (``tensors.word_dtype`` of its dtype), rebuilt from its
+    objects (which must be local). Raises CorruptObjectError for an object that does not
+    decode."""
+    itemsize = get_dtype(record.dtype).itemsize
+    word = word_dtype(itemsize)
+    count = numel(record.shape) * itemsize // word.itemsize
+    storage = record.storage
     if isinstance(storage, Dense):
         return codec.decode(store.path(storage.object.oid), word, count)
     raise ManifestError(f"encoding `{storage.encoding}` cannot be decoded: upgrade git-theta")
