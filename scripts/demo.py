@@ -75,7 +75,7 @@ def main() -> None:
         sh("git", "theta", "track", "model.pt", cwd=repo)
         sh("git", "add", ".gitattributes", "model.pt", cwd=repo)
         sh("git", "commit", "-q", "-m", "initial checkpoint", cwd=repo)
-        after_v1 = du(repo / ".git" / "lfs" / "objects")
+        after_v1 = du(repo / ".git" / "lfs" / "theta" / "objects")
 
         v2 = {k: v.clone() for k, v in v1.items()}
         v2["lm_head.weight"] = v2["wte.weight"]
@@ -83,7 +83,7 @@ def main() -> None:
         torch.save(v2, repo / "model.pt")
         sh("git", "add", "model.pt", cwd=repo)
         sh("git", "commit", "-q", "-m", "fine-tune layer 2", cwd=repo)
-        after_v2 = du(repo / ".git" / "lfs" / "objects")
+        after_v2 = du(repo / ".git" / "lfs" / "theta" / "objects")
         print(sh("git", "theta", "ls-files", cwd=repo), end="")
 
         sh("git", "checkout", "HEAD~1", "--", "model.pt", cwd=repo)
