@@ -449,7 +449,12 @@ def test_pytorch_non_contiguous_views(tmp_path: Path) -> None:
     checkpoint, back = torch_round_trip(views, tmp_path)
     for name, view in views.items():
         assert torch.equal(back[name], view), name
-        assert back[name].is_contiguous()
+    # views of distinct elements come back contiguous; one that repeats elements is stored
+    # as the 3 elements it covers and comes back as the same view
+    assert [n for n in views if not back[n].is_contiguous()] == ["expanded"]
+    assert back["expanded"].stride() == (0, 1)
+    assert back["expanded"].untyped_storage().nbytes() == 12
+    assert checkpoint.tensors["expanded"].shape == (3,)
     assert checkpoint.aliases == {}
 
 

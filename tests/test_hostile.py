@@ -4,6 +4,7 @@ runs the product in a subprocess under an address-space limit and a timeout."""
 from __future__ import annotations
 
 import io
+import json
 import resource
 import subprocess
 import zipfile
@@ -276,15 +277,82 @@ def test_a_safetensors_manifest_its_library_would_refuse_is_refused(
 
 
 @pytest.mark.timeout(120)
-def test_a_view_repeating_its_storage_to_gigabytes_gets_one_line(repo: Repo) -> None:
-    bomb = torch.arange(16.0).as_strided((50000, 50000), (0, 0))  # 64 bytes as 9.3 GiB
-    (repo.path / "model.pt").write_bytes(_saved({"w": bomb}))
-    assert (repo.path / "model.pt").stat().st_size < 4096
+def test_a_view_repeating_its_storage_is_stored_at_the_storage_size(repo: Repo) -> None:
+    bomb = torch.arange(50000.0).as_strided((50000, 50000), (0, 1))  # 200 KB as 9.3 GiB
+    zeros = torch.arange(16.0).as_strided((50000, 50000), (0, 0))  # one float as 9.3 GiB
+    (repo.path / "model.pt").write_bytes(_saved({"w": bomb, "z": zeros, "b": torch.ones(3)}))
     proc = _limited_add(repo, "model.pt")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    repo.git("commit", "-qm", "view")
+    assert repo.store_bytes() < 250_000  # the 50000 floats and 3 ones, not 9.3 GiB
+    manifest = json.loads(repo.blob("HEAD:model.pt"))
+    assert manifest["tensors"]["w"]["shape"] == [50000]  # the span the view covers
+    assert manifest["tensors"]["z"]["shape"] == [1]
+    (repo.path / "model.pt").unlink()
+    proc = _limited_git(repo, "checkout", "--", "model.pt")
+    assert (proc.returncode, proc.stderr) == (0, "")
+    back = torch.load(repo.path / "model.pt", weights_only=True)
+    assert (back["w"].shape, back["w"].stride()) == ((50000, 50000), (0, 1))
+    assert back["w"].untyped_storage().nbytes() == 50000 * 4
+    assert torch.equal(back["w"][0], bomb[0]) and torch.equal(back["w"][-1], bomb[-1])
+    assert (back["z"].stride(), back["z"].untyped_storage().nbytes()) == ((0, 0), 4)
+    assert float(back["z"][49999, 49999]) == 0.0
+    assert torch.equal(back["b"], torch.ones(3))
+    assert repo.status() == ""
+
+
+DAMAGED = "the manifest is damaged or was edited by hand (check the file out from a good commit)"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("root", "message"),
+    [
+        (
+            {"dict": [[{"list": []}, {"tensor": "a"}]]},
+            "uses a `list` as a dict key or set member, which Python refuses",
+        ),
+        ({"set": [{"dict": []}]}, "uses a `dict` as a dict key or set member"),
+        ({"dict": [["a", {"int": "12"}]]}, "has an invalid `int` value"),
+        ({"dict": [["a", {"int": 10**100}]]}, "has an invalid `int` value"),
+        ({"dict": [["a", {"float": "pi"}]]}, "has an invalid `float` value"),
+        ({"dict": [["a", {"bytes": "***"}]]}, "has a `bytes` value that is not base64"),
+        ({"dict": [["a", {"torch.Size": ["3"]}]]}, "has an invalid `torch.Size` value"),
+        ({"dict": [["a", {"torch.device": "cpu"}]]}, "has an invalid `torch.device` value"),
+        ({"dict": [["a", {"tensor": "nope"}]]}, "refers to unknown tensor `nope`"),
+        ({"dict": [["a", {"tensor": "a", "extra": 1}]]}, "has an invalid tensor node"),
+        ({"dict": [["a", {"code": "x"}]]}, "has an unknown node kind `code`"),
+        ({"dict": [["a", 7]]}, "has a value that is not a node: 7"),
+        (
+            {"dict": [["a", {"tensor": "a", "view": {"shape": [9], "stride": [1]}}]]},
+            "has a view of tensor `a` that reaches past its stored (2,)",
+        ),
+        (
+            {"dict": [["a", {"tensor": "a", "view": {"shape": [2], "stride": [-1]}}]]},
+            "has an invalid view of tensor `a`",
+        ),
+        (json.loads("[" * 300 + "]" * 300), "has a value that is not a node"),
+        ("deep", "holds more than 1000000 values or nests them too deeply"),
+    ],
+)
+def test_a_pytorch_manifest_torch_would_refuse_is_refused_in_one_line(
+    repo: Repo, root: object, message: str
+) -> None:
+    repo.theta("track", "model.pt")
+    (repo.path / "model.pt").write_bytes(_saved({"a": torch.ones(2)}))
+    repo.git("add", ".gitattributes", "model.pt")
+    repo.git("commit", "-q", "-m", "v1")
+    manifest = json.loads(repo.blob("HEAD:model.pt"))
+    if root == "deep":
+        root = {"tensor": "a"}
+        for _ in range(200):
+            root = {"list": [root]}
+    manifest["format"]["root"] = root
+    _stage_manifest(repo, "model.pt", manifest)
+    proc = _limited_git(repo, "checkout", "--", "model.pt")
     assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
-    assert errors == [
-        "git-theta: error: model.pt: tensor `w` is a view that repeats its storage (64 bytes) "
-        "to 10000000000 bytes, which git-theta does not store: save `w.clone()` if the "
-        "repeated tensor is meant, or the storage itself"
-    ]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"git-theta: error: model.pt: pytorch manifest {message}")
+    assert lines[0].endswith(DAMAGED)
+    assert not (repo.path / "model.pt").exists()

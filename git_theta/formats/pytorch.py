@@ -144,15 +144,37 @@ def _refuse_view_flags(rest: tuple[Any, ...]) -> None:
         )
 
 
+MAX_DIMS = 64  # dimensions of one tensor
+
+
+def _view(offset: Any, size: Any, stride: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """A tensor's storage offset, shape and strides, checked to be plain non-negative
+    integers of one length (they are checked against the storage's bytes later)."""
+
+    def ints(value: Any) -> tuple[int, ...]:
+        if not isinstance(value, (tuple, list)) or len(value) > MAX_DIMS:
+            raise pickle.UnpicklingError(
+                f"a tensor's shape or stride is not {MAX_DIMS} or fewer integers"
+            )
+        if not all(type(v) is int and 0 <= v < 1 << 62 for v in value):
+            raise pickle.UnpicklingError(
+                "a tensor's shape or stride holds a value that is not a size"
+            )
+        return tuple(value)
+
+    shape, strides = ints(size), ints(stride)
+    if len(shape) != len(strides) or type(offset) is not int or not 0 <= offset < 1 << 62:
+        raise pickle.UnpicklingError("a tensor's shape, stride and offset do not fit together")
+    return offset, shape, strides
+
+
 def _rebuild_tensor(
     storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, *rest: Any
 ) -> _TensorRef:
     if not isinstance(storage, _Storage) or storage.dtype is None:
         raise pickle.UnpicklingError("tensor without a typed storage")
     _refuse_view_flags(rest)
-    return _TensorRef(
-        storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), storage.dtype
-    )
+    return _TensorRef(storage, *_view(offset, size, stride), bool(requires_grad), storage.dtype)
 
 
 def _rebuild_tensor_v3(
@@ -171,7 +193,7 @@ def _rebuild_tensor_v3(
         raise UnsupportedError(f"tensors of dtype torch.{dtype.name} are not supported")
     _refuse_view_flags(rest)
     return _TensorRef(
-        storage, int(offset), tuple(size), tuple(stride), bool(requires_grad), DTYPES[dtype.name]
+        storage, *_view(offset, size, stride), bool(requires_grad), DTYPES[dtype.name]
     )
 
 
@@ -269,7 +291,6 @@ MAX_VALUES = 1_000_000  # values in all (a container shared N times counts N tim
 MAX_INT_BITS = 256  # an integer's size (about 77 decimal digits)
 MAX_TEXT = 16 << 20  # bytes of one string or bytes value
 MAX_PICKLE = 64 << 20  # bytes of data.pkl (inflated)
-MAX_VIEW_GROWTH = 64 << 20  # bytes a view may have beyond its storage's (stride-0 repeats)
 
 
 class _TreeBuilder:
@@ -301,11 +322,15 @@ class _TreeBuilder:
             else:
                 self._views[view] = name
                 self.tensors[name] = ref
+        node: dict[str, Any]
         if ref.parameter:
-            return {"parameter": name, "requires_grad": ref.param_requires_grad}
-        node: dict[str, Any] = {"tensor": name}
-        if ref.requires_grad:
-            node["requires_grad"] = True
+            node = {"parameter": name, "requires_grad": ref.param_requires_grad}
+        else:
+            node = {"tensor": name}
+            if ref.requires_grad:
+                node["requires_grad"] = True
+        if _repeats(ref):  # stored as the span of storage it covers; rebuilt as this view
+            node["view"] = {"shape": list(ref.shape), "stride": list(ref.stride)}
         return node
 
     def _too(self, what: str) -> NotACheckpointError:
@@ -403,6 +428,24 @@ def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
+def _span(ref: _TensorRef) -> int:
+    """Elements of storage from the view's first element to its last (0 for an empty view)."""
+    if numel(ref.shape) == 0:
+        return 0
+    return 1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+
+
+def _repeats(ref: _TensorRef) -> bool:
+    """Whether the view has more elements than the storage it spans (a stride of 0, or
+    overlapping strides): it is then stored as that span, not expanded, so a few bytes can
+    never become gigabytes, and it is rebuilt as the same view."""
+    return numel(ref.shape) > _span(ref)
+
+
+def _stored_shape(ref: _TensorRef) -> tuple[int, ...]:
+    return (_span(ref),) if _repeats(ref) else ref.shape
+
+
 def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
     itemsize = ref.dtype.itemsize
     word = word_dtype(itemsize)
@@ -412,9 +455,9 @@ def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
         if count == 0:
             return np.zeros(0, dtype=word)
         # read only the span the view covers (bounds were checked against the storage)
-        span = 1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+        span = _span(ref)
         data = read_range(file, start + ref.offset * itemsize, span * itemsize)
-        if span == count and _is_contiguous(ref):
+        if _repeats(ref) or (span == count and _is_contiguous(ref)):
             return data.view(word)
         view = np.lib.stride_tricks.as_strided(
             data.view(np.dtype(f"V{itemsize}")),
@@ -444,15 +487,6 @@ def _check_bounds(name: str, ref: _TensorRef, storage_bytes: int) -> None:
     last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
     if any(s < 0 for s in ref.stride) or (last + 1) * ref.dtype.itemsize > storage_bytes:
         raise ValueError(f"tensor `{name}` points outside its storage")
-    expanded = numel(ref.shape) * ref.dtype.itemsize
-    if expanded > max(storage_bytes, MAX_VIEW_GROWTH):
-        # a view that repeats its storage's bytes (stride 0): git-theta stores tensors
-        # expanded, so a few bytes could claim gigabytes
-        raise UnsupportedError(
-            f"tensor `{name}` is a view that repeats its storage ({storage_bytes} bytes) to "
-            f"{expanded} bytes, which git-theta does not store: save `{name}.clone()` if the "
-            "repeated tensor is meant, or the storage itself"
-        )
 
 
 class PyTorchFormat:
@@ -528,7 +562,7 @@ class PyTorchFormat:
             start, length = offsets[ref.storage.key]
             _check_bounds(name, ref, length)
             tensors[name] = TensorData(
-                ref.dtype.name, ref.shape, _tensor_loader(shared, start, ref)
+                ref.dtype.name, _stored_shape(ref), _tensor_loader(shared, start, ref)
             )
         for name, target in builder.aliases.items():
             _check_bounds(
@@ -541,7 +575,7 @@ class PyTorchFormat:
     ) -> list[str]:
         """Names of the stored tensors in the order ``write`` loads them."""
         emitter = _PickleEmitter(tensors, aliases)
-        emitter.dumps(fmt["root"])
+        emitter.dumps(_checked_root(fmt, tensors, aliases))
         return [emitter.storage_order[key] for key in _member_order(emitter, tensors)]
 
     def write(
@@ -551,10 +585,8 @@ class PyTorchFormat:
         aliases: Mapping[str, str],
         out: BinaryIO,
     ) -> None:
-        if "root" not in fmt:
-            raise ManifestError("pytorch manifest has no `root`")
         emitter = _PickleEmitter(tensors, aliases)
-        data_pkl = emitter.dumps(fmt["root"])
+        data_pkl = emitter.dumps(_checked_root(fmt, tensors, aliases))
         archive = ZipStream(out, align=_ALIGN)
         archive.add("archive/data.pkl", data_pkl)
         archive.add("archive/.format_version", b"1")
@@ -565,6 +597,177 @@ class PyTorchFormat:
             archive.add(f"archive/data/{key}", tensors[name].load().data.cast("B"))
         archive.add("archive/version", b"3\n")
         archive.close()
+
+
+_DAMAGED = "the manifest is damaged or was edited by hand (check the file out from a good commit)"
+_KEY_KINDS = frozenset(
+    {
+        "none",
+        "bool",
+        "int",
+        "float",
+        "str",
+        "bytes",
+        "tuple",
+        "torch.Size",
+        "torch.dtype",
+        "torch.device",
+        "tensor",
+        "parameter",
+    }
+)  # nodes that are hashable in Python, so may be dict keys and set members
+
+
+def _checked_root(
+    fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+) -> Any:
+    """The manifest's tree, checked so that the pickle written from it is one that
+    ``torch.load`` accepts and that reads back as the same tree."""
+    if "root" not in fmt:
+        raise ManifestError(f"pytorch manifest has no `root`: {_DAMAGED}")
+    _TreeChecker(tensors, aliases).check(fmt["root"], 0)
+    return fmt["root"]
+
+
+class _TreeChecker:
+    def __init__(self, tensors: Mapping[str, TensorData], aliases: Mapping[str, str]) -> None:
+        self.tensors = tensors
+        self.aliases = aliases
+        self.values = 0
+
+    def fail(self, what: str) -> ManifestError:
+        return ManifestError(f"pytorch manifest {what}: {_DAMAGED}")
+
+    def check(self, node: Any, depth: int, key: bool = False) -> str:
+        """Checks ``node`` (a dict key or set member when ``key``); returns its kind."""
+        self.values += 1
+        if self.values > 2 * MAX_VALUES or depth > MAX_DEPTH + 2:
+            raise self.fail(f"holds more than {MAX_VALUES} values or nests them too deeply")
+        if not isinstance(node, dict) or not node:
+            raise self.fail(f"has a value that is not a node: {json.dumps(node)[:60]}")
+        kind = next(iter(node)) if len(node) == 1 else None
+        if "tensor" in node or "parameter" in node:
+            kind = "tensor" if "tensor" in node else "parameter"
+            self._tensor(node, kind)
+        elif kind is None and set(node) in ({"odict", "attrs"}, {"dict", "attrs"}):
+            kind = "odict" if "odict" in node else "dict"
+        elif kind is None:
+            raise self.fail(f"has a node with the keys {sorted(node)!r:.60}")
+        if key and kind not in _KEY_KINDS:
+            raise self.fail(f"uses a `{kind}` as a dict key or set member, which Python refuses")
+        value = node[kind]
+        deeper = depth + 1
+        if kind in ("tensor", "parameter"):
+            pass
+        elif kind == "none":
+            self._expect(value is None, kind)
+        elif kind == "bool":
+            self._expect(isinstance(value, bool), kind)
+        elif kind == "int":
+            self._expect(type(value) is int and value.bit_length() <= MAX_INT_BITS, kind)
+        elif kind == "float":
+            self._expect(isinstance(value, str) and _is_hex_float(value), kind)
+        elif kind in ("str", "bytes"):
+            self._expect(isinstance(value, str) and len(value) <= MAX_TEXT * 2, kind)
+            if kind == "bytes":
+                try:
+                    base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise self.fail("has a `bytes` value that is not base64") from None
+            else:
+                self._expect(_encodable(value), kind)
+        elif kind in ("dict", "odict"):
+            self._expect(isinstance(value, list), kind)
+            for pair in value:
+                self._expect(isinstance(pair, list) and len(pair) == 2, kind)
+                if not isinstance(pair[0], str):
+                    self.check(pair[0], deeper, key=True)
+                else:
+                    self._expect(_encodable(pair[0]), kind)
+                self.check(pair[1], deeper)
+            attrs = node.get("attrs")
+            if attrs is not None:
+                self._expect(kind == "odict" and isinstance(attrs, list), "attrs")
+                for pair in attrs:
+                    self._expect(
+                        isinstance(pair, list)
+                        and len(pair) == 2
+                        and isinstance(pair[0], str)
+                        and _encodable(pair[0]),
+                        "attrs",
+                    )
+                    self.check(pair[1], deeper)
+        elif kind in ("list", "tuple", "set"):
+            self._expect(isinstance(value, list), kind)
+            for item in value:
+                self.check(item, deeper, key=key or kind == "set")
+        elif kind == "torch.Size":
+            self._expect(
+                isinstance(value, list) and all(type(v) is int and 0 <= v < 1 << 62 for v in value),
+                kind,
+            )
+        elif kind == "torch.dtype":
+            self._expect(value in _TORCH_DTYPE_NAMES, kind)
+        elif kind == "torch.device":
+            self._expect(
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[0], str)
+                and value[0].isidentifier()
+                and (value[1] is None or (type(value[1]) is int and 0 <= value[1] < 1 << 31)),
+                kind,
+            )
+        else:
+            raise self.fail(f"has an unknown node kind `{kind!s:.40}`")
+        return kind
+
+    def _expect(self, ok: bool, kind: str) -> None:
+        if not ok:
+            raise self.fail(f"has an invalid `{kind}` value")
+
+    def _tensor(self, node: dict[str, Any], kind: str) -> None:
+        allowed = {kind, "requires_grad", "view"}
+        name = node[kind]
+        if set(node) - allowed or not isinstance(name, str):
+            raise self.fail(f"has an invalid tensor node {json.dumps(node)[:80]}")
+        if kind == "parameter" and "requires_grad" not in node:
+            raise self.fail(f"has a parameter node without `requires_grad`: `{name}`")
+        if not isinstance(node.get("requires_grad", False), bool):
+            raise self.fail(f"has an invalid `requires_grad` for tensor `{name}`")
+        target = self.aliases.get(name, name)
+        if target not in self.tensors:
+            raise self.fail(f"refers to unknown tensor `{name}`")
+        if "view" in node:
+            self._view(name, node["view"], self.tensors[target])
+
+    def _view(self, name: str, view: Any, record: TensorData) -> None:
+        try:
+            if not isinstance(view, dict) or set(view) != {"shape", "stride"}:
+                raise pickle.UnpicklingError("keys")
+            _, shape, stride = _view(0, view["shape"], view["stride"])
+        except pickle.UnpicklingError:
+            raise self.fail(f"has an invalid view of tensor `{name}`") from None
+        span = _span(_TensorRef(_Storage("", None, 0), 0, shape, stride, False, DTYPES["uint8"]))
+        if len(record.shape) != 1 or span > record.shape[0]:
+            raise self.fail(
+                f"has a view of tensor `{name}` that reaches past its stored {record.shape}"
+            )
+
+
+def _is_hex_float(text: str) -> bool:
+    try:
+        float.fromhex(text)
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogatepass")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _member_order(emitter: _PickleEmitter, tensors: Mapping[str, TensorData]) -> list[int]:
@@ -627,7 +830,7 @@ class _PickleEmitter:
             emit(item)
         self._w(b"t")
 
-    def _tensor(self, name: str, requires_grad: bool) -> None:
+    def _tensor(self, name: str, requires_grad: bool, view: Mapping[str, Any] | None) -> None:
         target = self.aliases.get(name, name)
         if target not in self.tensors:
             raise ManifestError(f"pytorch manifest refers to unknown tensor `{name}`")
@@ -654,12 +857,16 @@ class _PickleEmitter:
         self._int(count * dtype.itemsize if v3 else count)
         self._w(b"tQ")
         self._int(0)
-        self._tuple(list(record.shape), self._int)
-        strides, acc = [], 1
-        for dim in reversed(record.shape):
-            strides.append(acc)
-            acc *= dim
-        self._tuple(list(reversed(strides)), self._int)
+        if view is not None:  # a view stored as the span it covers (checked to fit)
+            self._tuple(list(view["shape"]), self._int)
+            self._tuple(list(view["stride"]), self._int)
+        else:
+            self._tuple(list(record.shape), self._int)
+            strides, acc = [], 1
+            for dim in reversed(record.shape):
+                strides.append(acc)
+                acc *= dim
+            self._tuple(list(reversed(strides)), self._int)
         self._w(b"\x88" if requires_grad else b"\x89")
         self._global("collections", "OrderedDict")
         self._w(b")R")
@@ -668,12 +875,9 @@ class _PickleEmitter:
         self._w(b"tR")
 
     def _node(self, node: Any) -> None:
-        if not isinstance(node, dict) or len(node) not in (1, 2):
-            raise ManifestError(f"pytorch manifest has an invalid node {node!r:.80}")
-        if "tensor" in node or "parameter" in node:
+        if "tensor" in node or "parameter" in node:  # the tree was checked: _TreeChecker
             name = node.get("tensor", node.get("parameter"))
-            if not isinstance(name, str):
-                raise ManifestError(f"pytorch manifest has an invalid tensor node {node!r:.80}")
+            view = node.get("view")
             slot = self._memo.get(json.dumps(node, sort_keys=True))
             if slot is not None:
                 self._w(b"j" + struct.pack("<I", slot))
@@ -681,12 +885,12 @@ class _PickleEmitter:
             if "parameter" in node:
                 self._global("torch._utils", "_rebuild_parameter")
                 self._w(b"(")
-                self._tensor(name, False)
+                self._tensor(name, False, view)
                 self._w(b"\x88" if node["requires_grad"] else b"\x89")
                 self._global("collections", "OrderedDict")
                 self._w(b")Rt" + b"R")
             else:
-                self._tensor(name, bool(node.get("requires_grad", False)))
+                self._tensor(name, bool(node.get("requires_grad", False)), view)
             slot = len(self._memo)
             self._memo[json.dumps(node, sort_keys=True)] = slot
             self._w(b"r" + struct.pack("<I", slot))
