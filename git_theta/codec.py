@@ -58,6 +58,8 @@ def _spec(words: int, word: np.dtype, clevel: int, cname: str = "lz4") -> dict:
             ],
         },
         "create": True,
+        # every chunk is stored, zeros too: the object's size then bounds what it decodes to
+        "store_data_equal_to_fill_value": True,
     }
 
 
@@ -184,7 +186,36 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
             f"object claims {words * word.itemsize} bytes of data, more than this process may "
             f"hold ({budget} bytes): it is damaged or hostile"
         )
+    _check_chunks(ts.KvStore.open(spec["kvstore"], context=context).result(), array, words)
     return array
+
+
+# bytes of zeros an object may stand for by omitting chunks: objects written before every
+# chunk was stored omit the chunks that are all zeros; past this, a few bytes could claim
+# gigabytes of zeros
+MAX_MISSING = 64 << 20
+
+
+def _check_chunks(keys: Any, array: Any, words: int) -> None:
+    """Refuses an object that omits chunks worth more than ``MAX_MISSING`` bytes."""
+    chunk = int(array.chunk_layout.read_chunk.shape[0])
+    count = -(-words // chunk) if words else 0
+    present = set()
+    try:
+        listed = keys.list().result()
+    except Exception as exc:
+        raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+    for key in listed:
+        index = key[2:]
+        if key.startswith(b"c/") and index.isdigit() and int(index) < count:
+            present.add(int(index))
+    missing = (count - len(present)) * chunk * array.dtype.numpy_dtype.itemsize
+    if missing > MAX_MISSING:
+        raise CorruptObjectError(
+            f"object lacks {count - len(present)} of its {count} chunks, which would decode "
+            f"as {missing} bytes of zeros (git-theta stores every chunk): it is damaged or "
+            "hostile; run `git theta fsck --fetch` to download a good copy"
+        )
 
 
 def memory_budget() -> int:

@@ -349,3 +349,23 @@ def test_compression_setting_from_git_config_and_environment(
     monkeypatch.setenv("GIT_THETA_COMPRESSION", "snappy")
     with pytest.raises(UsageError, match="GIT_THETA_COMPRESSION='snappy' is not a compressor"):
         settings()
+
+
+def test_every_chunk_is_stored_and_objects_omitting_zero_chunks_still_decode() -> None:
+    import tensorstore as ts
+
+    zeros = np.zeros(600_000, dtype="<u4")  # three chunks of zeros
+    keys = sorted(codec._unpack(b"".join(bytes(p) for p in codec.encode(zeros))))
+    assert keys == [b"c/0", b"c/1", b"c/2", b"zarr.json"]
+    # objects written before every chunk was stored omit the chunks of zeros: they decode
+    spec = codec._spec(zeros.size, zeros.dtype, 5)
+    del spec["store_data_equal_to_fill_value"]
+    context = ts.Context()
+    ts.open(spec, context=context).result().write(zeros).result()
+    memory = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for key in memory.list().result():
+            archive.writestr(key.decode(), memory.read(key).result().value)
+    assert codec._unpack(out.getvalue()).keys() == {b"zarr.json"}
+    assert np.array_equal(codec.decode(out.getvalue(), zeros.dtype, zeros.size), zeros)

@@ -167,9 +167,22 @@ def test_damaged_manifests_get_one_clear_error() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_an_object_claiming_terabytes_fails_its_file_not_the_filter(repo: Repo) -> None:
+@pytest.mark.parametrize(
+    ("words", "keep_chunks", "message"),
+    [
+        (10**12, True, "claims 4000000000000 bytes of data, more than this process may hold"),
+        (
+            1 << 28,
+            False,
+            "object lacks 67108864 of its 67108864 chunks, which would decode as 1073741824 "
+            "bytes of zeros (git-theta stores every chunk): it is damaged or hostile",
+        ),
+    ],
+)
+def test_an_object_claiming_more_than_it_holds_fails_its_file_not_the_filter(
+    repo: Repo, words: int, keep_chunks: bool, message: str
+) -> None:
     import hashlib
-    import json
 
     torch.save({"w": torch.ones(4), "v": torch.zeros(3)}, repo.path / "model.pt")
     repo.commit_file("model.pt", "v1")
@@ -178,28 +191,29 @@ def test_an_object_claiming_terabytes_fails_its_file_not_the_filter(repo: Repo) 
     oid = record["storage"]["objects"][0]["oid"]
     store = repo.path / ".git" / "lfs" / "theta" / "objects"
     src = (store / oid[:2] / oid[2:4] / oid).read_bytes()
-    huge = 10**12
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(src)) as old, zipfile.ZipFile(out, "w") as new:
         for info in old.infolist():
             data = old.read(info)
             if info.filename == "zarr.json":
                 meta = json.loads(data)
-                meta["shape"] = [huge]
+                meta["shape"] = [words]
                 data = json.dumps(meta).encode()
+            elif not keep_chunks:
+                continue
             new.writestr(info.filename, data)
     blob = out.getvalue()
     bad = hashlib.sha256(blob).hexdigest()
     (store / bad[:2] / bad[2:4]).mkdir(parents=True, exist_ok=True)
     (store / bad[:2] / bad[2:4] / bad).write_bytes(blob)
-    record["shape"] = [huge]
+    record["shape"] = [words]
     record["storage"]["objects"] = [{"oid": bad, "size": len(blob)}]
     _stage_manifest(repo, "model.pt", manifest)
     proc = _limited_git(repo, "checkout", "--", "model.pt")
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("git-theta:")]
     assert len(lines) == 1 and lines[0].startswith("git-theta: error: model.pt: tensor `w`: ")
-    assert "claims 4000000000000 bytes of data, more than this process may hold" in lines[0]
+    assert message in lines[0]
     assert "Aborted" not in proc.stderr and "bad_alloc" not in proc.stderr
     assert not (repo.path / "model.pt").exists()
 
