@@ -30,6 +30,8 @@ from git_theta.tensors import DTYPES, nbytes
 
 SCHEMA_VERSION = 1
 WIDTH = 100
+MAX_DIMS = 64  # dimensions of one tensor
+_DAMAGED = "the file is damaged (check it out again from a good commit)"
 
 
 def _natural(value: Any) -> bool:
@@ -37,11 +39,11 @@ def _natural(value: Any) -> bool:
 
 
 def _malformed(name: str) -> ManifestError:
-    return ManifestError(f"manifest entry for tensor `{name}` is malformed")
+    return ManifestError(f"manifest entry for tensor `{name}` is malformed: {_DAMAGED}")
 
 
 def _invalid_id(name: str) -> ManifestError:
-    return ManifestError(f"tensor `{name}` has an invalid hash or object id")
+    return ManifestError(f"tensor `{name}` has an invalid hash or object id: {_DAMAGED}")
 
 
 def _object_refs(name: str, value: Any) -> tuple[ObjectRef, ...]:
@@ -99,7 +101,9 @@ class Dense(Storage):
     def from_json(cls, name: str, value: dict[str, Any]) -> Dense:
         objects = _object_refs(name, value.get("objects"))
         if len(objects) != 1:
-            raise ManifestError(f"tensor `{name}` is dense but lists {len(objects)} objects")
+            raise ManifestError(
+                f"tensor `{name}` is dense but lists {len(objects)} objects: {_DAMAGED}"
+            )
         return cls(objects[0])
 
 
@@ -160,9 +164,9 @@ class TensorRecord:
         if not isinstance(shape, list):
             raise _malformed(name)
         if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise ManifestError(f"tensor `{name}` has unknown dtype `{dtype}`")
-        if not all(_natural(d) for d in shape):
-            raise ManifestError(f"tensor `{name}` has an invalid shape")
+            raise ManifestError(f"tensor `{name}` has unknown dtype `{dtype!s:.40}`")
+        if len(shape) > MAX_DIMS or not all(_natural(d) and d < 1 << 62 for d in shape):
+            raise ManifestError(f"tensor `{name}` has an invalid shape: {_DAMAGED}")
         storage = parse_storage(name, value["storage"])
         if not isinstance(digest, str) or not valid_oid(digest):
             raise _invalid_id(name)
@@ -209,17 +213,20 @@ class Manifest:
                 f"manifest schema version {version!r} is not one this git-theta knows "
                 f"(it reads version {SCHEMA_VERSION}): upgrade git-theta"
             )
-        try:
-            fmt = value["format"]
-            tensors = {n: TensorRecord.from_json(n, v) for n, v in value["tensors"].items()}
-            aliases = dict(value.get("aliases", {}))
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ManifestError("manifest is malformed") from exc
+        fmt, records, aliases = (value.get(k) for k in ("format", "tensors", "aliases"))
+        aliases = {} if aliases is None else aliases
+        if not isinstance(records, dict) or not isinstance(aliases, dict):
+            raise ManifestError(f"manifest has no `tensors` or `aliases` table: {_DAMAGED}")
+        if not all(isinstance(t, str) for t in aliases.values()):
+            raise ManifestError(f"manifest has an alias that is not a tensor name: {_DAMAGED}")
+        tensors = {n: TensorRecord.from_json(n, v) for n, v in records.items()}
         if not isinstance(fmt, dict) or not isinstance(fmt.get("name"), str):
-            raise ManifestError("manifest has no format name")
+            raise ManifestError(f"manifest has no format name: {_DAMAGED}")
         for alias, target in aliases.items():
             if target not in tensors or alias in tensors:
-                raise ManifestError(f"manifest alias `{alias}` -> `{target}` is invalid")
+                raise ManifestError(
+                    f"manifest alias `{alias}` -> `{target}` is invalid: {_DAMAGED}"
+                )
         return cls(format=fmt, tensors=tensors, aliases=aliases)
 
     def objects(self) -> dict[str, list[str]]:

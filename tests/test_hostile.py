@@ -327,6 +327,16 @@ DAMAGED = "the manifest is damaged or was edited by hand (check the file out fro
             "uses a `list` as a dict key or set member, which Python refuses",
         ),
         ({"set": [{"dict": []}]}, "uses a `dict` as a dict key or set member"),
+        ({"dict": [["a", {"int": 1}], ["a", {"int": 2}]]}, "has a `dict` with the same key twice"),
+        (
+            {"dict": [[{"int": 1}, {"int": 1}], [{"float": "0x1p+0"}, {"int": 2}]]},
+            "has a `dict` with the same key twice",
+        ),
+        (
+            {"set": [{"int": 2}, {"int": 1}]},
+            "has a `set` whose members repeat or are out of order",
+        ),
+        ({"set": [{"int": 1}, {"int": 1}]}, "has a `set` whose members repeat or are out of order"),
         ({"dict": [["a", {"int": "12"}]]}, "has an invalid `int` value"),
         ({"dict": [["a", {"int": 10**100}]]}, "has an invalid `int` value"),
         ({"dict": [["a", {"float": "pi"}]]}, "has an invalid `float` value"),
@@ -339,7 +349,20 @@ DAMAGED = "the manifest is damaged or was edited by hand (check the file out fro
         ({"dict": [["a", 7]]}, "has a value that is not a node: 7"),
         (
             {"dict": [["a", {"tensor": "a", "view": {"shape": [9], "stride": [1]}}]]},
-            "has a view of tensor `a` that reaches past its stored (2,)",
+            "has a view of tensor `a` that does not repeat the (2,) elements it stores",
+        ),
+        (
+            {"dict": [["a", {"tensor": "a", "view": {"shape": [4], "stride": [0]}}]]},
+            "has a view of tensor `a` that does not repeat the (2,) elements it stores",
+        ),
+        (
+            {
+                "list": [
+                    {"tensor": "a"},
+                    {"tensor": "a", "view": {"shape": [3, 2], "stride": [0, 1]}},
+                ]
+            },
+            "uses tensor `a` both as a view and as a whole",
         ),
         (
             {"dict": [["a", {"tensor": "a", "view": {"shape": [2], "stride": [-1]}}]]},

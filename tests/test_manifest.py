@@ -13,6 +13,7 @@ from git_theta.manifest import Dense, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectRef
 
 A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+DAMAGED = "the file is damaged (check it out again from a good commit)"
 
 
 def example() -> Manifest:
@@ -224,31 +225,37 @@ def _manifest_bytes(tensors: dict[str, Any], aliases: dict[str, Any] | None = No
     [
         (_entry(dtype="float31"), "tensor `w` has unknown dtype `float31`"),
         (_entry(dtype="F32"), "tensor `w` has unknown dtype `F32`"),
-        (_entry(shape=[2, -1]), "tensor `w` has an invalid shape"),
-        (_entry(shape=[1.5]), "tensor `w` has an invalid shape"),
-        (_entry(shape=[True]), "tensor `w` has an invalid shape"),
-        (_entry(hash="C" * 64), "tensor `w` has an invalid hash or object id"),
-        (_entry(hash=C[:63]), "tensor `w` has an invalid hash or object id"),
+        (_entry(shape=[2, -1]), "tensor `w` has an invalid shape: " + DAMAGED),
+        (_entry(shape=[1.5]), "tensor `w` has an invalid shape: " + DAMAGED),
+        (_entry(shape=[True]), "tensor `w` has an invalid shape: " + DAMAGED),
+        (_entry(hash="C" * 64), "tensor `w` has an invalid hash or object id: " + DAMAGED),
+        (_entry(hash=C[:63]), "tensor `w` has an invalid hash or object id: " + DAMAGED),
         (
             _entry(objects=[{"oid": "../../etc/passwd", "size": 1}]),
-            "tensor `w` has an invalid hash or object id",
+            "tensor `w` has an invalid hash or object id: " + DAMAGED,
         ),
         (
             _entry(objects=[{"oid": A.upper(), "size": 1}]),
-            "tensor `w` has an invalid hash or object id",
+            "tensor `w` has an invalid hash or object id: " + DAMAGED,
         ),
-        (_entry(objects=[{"oid": A, "size": "10"}]), "tensor `w` has an invalid hash or object id"),
-        (_entry(objects=[{"oid": A, "size": -1}]), "tensor `w` has an invalid hash or object id"),
+        (
+            _entry(objects=[{"oid": A, "size": "10"}]),
+            "tensor `w` has an invalid hash or object id: " + DAMAGED,
+        ),
+        (
+            _entry(objects=[{"oid": A, "size": -1}]),
+            "tensor `w` has an invalid hash or object id: " + DAMAGED,
+        ),
         (
             _entry(encoding="zfp"),
             "tensor `w` uses encoding `zfp`, which this git-theta does not know: upgrade git-theta",
         ),
         (
             {"dtype": "float32", "shape": [2], "hash": C},
-            "manifest entry for tensor `w` is malformed",
+            "manifest entry for tensor `w` is malformed: " + DAMAGED,
         ),
-        (_entry(objects=[{"oid": A}]), "manifest entry for tensor `w` is malformed"),
-        (_entry(shape=3), "manifest entry for tensor `w` is malformed"),
+        (_entry(objects=[{"oid": A}]), "manifest entry for tensor `w` is malformed: " + DAMAGED),
+        (_entry(shape=3), "manifest entry for tensor `w` is malformed: " + DAMAGED),
     ],
 )
 def test_malformed_tensor_entry(entry: dict[str, Any], message: str) -> None:
@@ -260,9 +267,15 @@ def test_malformed_tensor_entry(entry: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("aliases", "message"),
     [
-        ({"tied": "missing"}, "manifest alias `tied` -> `missing` is invalid"),
-        ({"w": "w"}, "manifest alias `w` -> `w` is invalid"),  # an alias may not shadow a tensor
-        ({"a": "b", "b": "w"}, "manifest alias `a` -> `b` is invalid"),  # no alias chains
+        ({"tied": "missing"}, "manifest alias `tied` -> `missing` is invalid: " + DAMAGED),
+        (
+            {"w": "w"},
+            "manifest alias `w` -> `w` is invalid: " + DAMAGED,
+        ),  # an alias may not shadow a tensor
+        (
+            {"a": "b", "b": "w"},
+            "manifest alias `a` -> `b` is invalid: " + DAMAGED,
+        ),  # no alias chains
     ],
 )
 def test_invalid_alias(aliases: dict[str, str], message: str) -> None:
@@ -274,10 +287,27 @@ def test_invalid_alias(aliases: dict[str, str], message: str) -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b'{"git_theta": 1, "tensors": {}}', "manifest is malformed"),
-        (b'{"git_theta": 1, "format": {}, "tensors": {}}', "manifest has no format name"),
-        (b'{"git_theta": 1, "format": {"name": 3}, "tensors": {}}', "manifest has no format name"),
-        (b'{"git_theta": 1, "format": {"name": "x"}, "tensors": []}', "manifest is malformed"),
+        (b'{"git_theta": 1, "tensors": {}}', "manifest has no format name: " + DAMAGED),
+        (
+            b'{"git_theta": 1, "format": {}, "tensors": {}}',
+            "manifest has no format name: " + DAMAGED,
+        ),
+        (
+            b'{"git_theta": 1, "format": {"name": 3}, "tensors": {}}',
+            "manifest has no format name: " + DAMAGED,
+        ),
+        (
+            b'{"git_theta": 1, "format": {"name": "x"}, "tensors": []}',
+            "manifest has no `tensors` or `aliases` table: " + DAMAGED,
+        ),
+        (
+            b'{"git_theta": 1, "format": {"name": "x"}, "tensors": {}, "aliases": [["a"]]}',
+            "manifest has no `tensors` or `aliases` table: " + DAMAGED,
+        ),
+        (
+            b'{"git_theta": 1, "format": {"name": "x"}, "tensors": {}, "aliases": {"a": 1}}',
+            "manifest has an alias that is not a tensor name: " + DAMAGED,
+        ),
         (
             b'{"format": {"name": "x"}, "tensors": {}}',
             "not a git-theta manifest: no `git_theta` schema version",
@@ -374,7 +404,9 @@ def test_dense_record_names_exactly_one_object() -> None:
         "hash": "a" * 64,
         "storage": {"encoding": "dense", "objects": [{"oid": "b" * 64, "size": 1}] * 2},
     }
-    with pytest.raises(ManifestError, match="^tensor `t` is dense but lists 2 objects$"):
+    with pytest.raises(
+        ManifestError, match="^tensor `t` is dense but lists 2 objects: the file is damaged"
+    ):
         TensorRecord.from_json("t", entry)
 
 

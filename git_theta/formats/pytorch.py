@@ -29,6 +29,7 @@ import json
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -515,6 +516,10 @@ class PyTorchFormat:
             AttributeError,
             IndexError,
             OSError,
+            OverflowError,
+            NotImplementedError,  # zipfile: a zip version or compression method it lacks
+            RuntimeError,  # zipfile: an encrypted member
+            zlib.error,
             struct.error,
         ) as exc:
             raise NotACheckpointError(display_name, f"invalid PyTorch checkpoint: {exc}") from exc
@@ -634,6 +639,7 @@ class _TreeChecker:
         self.tensors = tensors
         self.aliases = aliases
         self.values = 0
+        self._views: dict[str, Any] = {}  # tensor -> the view every node of it has
 
     def fail(self, what: str) -> ManifestError:
         return ManifestError(f"pytorch manifest {what}: {_DAMAGED}")
@@ -678,13 +684,17 @@ class _TreeChecker:
                 self._expect(_encodable(value), kind)
         elif kind in ("dict", "odict"):
             self._expect(isinstance(value, list), kind)
+            keys = set()
             for pair in value:
                 self._expect(isinstance(pair, list) and len(pair) == 2, kind)
                 if not isinstance(pair[0], str):
                     self.check(pair[0], deeper, key=True)
                 else:
                     self._expect(_encodable(pair[0]), kind)
+                keys.add(_as_key(pair[0]))
                 self.check(pair[1], deeper)
+            if len(keys) != len(value):  # Python keeps one of them: the file reads back short
+                raise self.fail(f"has a `{kind}` with the same key twice")
             attrs = node.get("attrs")
             if attrs is not None:
                 self._expect(kind == "odict" and isinstance(attrs, list), "attrs")
@@ -701,6 +711,10 @@ class _TreeChecker:
             self._expect(isinstance(value, list), kind)
             for item in value:
                 self.check(item, deeper, key=key or kind == "set")
+            if kind == "set":  # distinct members in the reader's order, or it reads back other
+                order = [json.dumps(item, sort_keys=True) for item in value]
+                if order != sorted(order) or len({_as_key(item) for item in value}) != len(value):
+                    raise self.fail("has a `set` whose members repeat or are out of order")
         elif kind == "torch.Size":
             self._expect(
                 isinstance(value, list) and all(type(v) is int and 0 <= v < 1 << 62 for v in value),
@@ -737,8 +751,11 @@ class _TreeChecker:
         target = self.aliases.get(name, name)
         if target not in self.tensors:
             raise self.fail(f"refers to unknown tensor `{name}`")
-        if "view" in node:
-            self._view(name, node["view"], self.tensors[target])
+        view = node.get("view")
+        if self._views.setdefault(target, view) != view:
+            raise self.fail(f"uses tensor `{target}` both as a view and as a whole")
+        if view is not None:
+            self._view(name, view, self.tensors[target])
 
     def _view(self, name: str, view: Any, record: TensorData) -> None:
         try:
@@ -747,11 +764,30 @@ class _TreeChecker:
             _, shape, stride = _view(0, view["shape"], view["stride"])
         except pickle.UnpicklingError:
             raise self.fail(f"has an invalid view of tensor `{name}`") from None
-        span = _span(_TensorRef(_Storage("", None, 0), 0, shape, stride, False, DTYPES["uint8"]))
-        if len(record.shape) != 1 or span > record.shape[0]:
+        ref = _TensorRef(_Storage("", None, 0), 0, shape, stride, False, DTYPES["uint8"])
+        # as the reader records views: ones that repeat elements, over exactly their span
+        if not _repeats(ref) or list(record.shape) != [_span(ref)]:
             raise self.fail(
-                f"has a view of tensor `{name}` that reaches past its stored {record.shape}"
+                f"has a view of tensor `{name}` that does not repeat the {record.shape} "
+                "elements it stores"
             )
+
+
+def _as_key(node: Any) -> Any:
+    """The Python value a checked key node stands for, for comparing keys as a dict does
+    (``1``, ``1.0`` and ``True`` are one key)."""
+    if isinstance(node, str):
+        return node
+    ((kind, value),) = [(k, v) for k, v in node.items() if k in _KEY_KINDS]
+    if kind == "float":
+        return float.fromhex(value)
+    if kind == "bytes":
+        return base64.b64decode(value)
+    if kind == "tuple":
+        return tuple(_as_key(item) for item in value)
+    if kind in ("none", "bool", "int", "str"):
+        return value
+    return (kind, json.dumps(node, sort_keys=True))
 
 
 def _is_hex_float(text: str) -> bool:
