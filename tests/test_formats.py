@@ -385,10 +385,13 @@ def test_safetensors_write_refuses_a_manifest_that_disagrees(tmp_path: Path) -> 
     fmt = formats.get("safetensors")
     fewer = dict(list(checkpoint.tensors.items())[1:])
     with pytest.raises(
-        ManifestError, match=r"^safetensors manifest's header and tensors disagree$"
+        ManifestError,
+        match=r"^safetensors manifest's header and tensors disagree: the manifest is damaged",
     ):
         fmt.write(checkpoint.format, fewer, {}, io.BytesIO())
-    with pytest.raises(ManifestError, match=r"^safetensors manifest has no `header`$"):
+    with pytest.raises(
+        ManifestError, match=r"^safetensors manifest has no `header`: the manifest is damaged"
+    ):
         fmt.write({"name": "safetensors"}, checkpoint.tensors, {}, io.BytesIO())
 
 
@@ -489,6 +492,15 @@ def test_pytorch_nested_containers(tmp_path: Path) -> None:
     assert list(checkpoint.tensors) == ["list/0", "list/1/0", "tuple/0", "tuple/1/inner", "odict/z"]
     assert type(back["odict"]) is OrderedDict and list(back["odict"]) == ["z", "a", "m"]
     assert type(back["tuple"]) is tuple and type(back["list"][1]) is list
+
+
+def test_pytorch_shared_containers_are_built_once_and_come_back_equal(tmp_path: Path) -> None:
+    shared = {"lr": 0.1, "w": torch.ones(2), "steps": [1, 2]}
+    obj = {"a": shared, "b": [shared, shared], "c": (shared["steps"],)}
+    checkpoint, back = torch_round_trip(obj, tmp_path)
+    assert list(checkpoint.tensors) == ["a/w"]  # the tensor is named where first met
+    assert back["b"][1] == back["a"] == {"lr": 0.1, "w": back["a"]["w"], "steps": [1, 2]}
+    assert back["c"] == ([1, 2],)
 
 
 def test_pytorch_top_level_tensor_and_list(tmp_path: Path) -> None:

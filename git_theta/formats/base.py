@@ -11,6 +11,11 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+# the fix a writer's ManifestError names: what a manifest holds was checked and is wrong
+DAMAGED_MANIFEST = (
+    "the manifest is damaged or was edited by hand (check the file out from a good commit)"
+)
+
 
 class SharedFile:
     """A read-only descriptor shared by a checkpoint's tensor loaders; it is closed when the

@@ -45,6 +45,7 @@ from git_theta.errors import (
     UnsafeCheckpointError,
     UnsupportedError,
 )
+from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
 from git_theta.tensors import DTYPES, DType, from_torch_storage, nbytes, numel, word_dtype
 from git_theta.zipstream import ZipStream
@@ -304,6 +305,8 @@ class _TreeBuilder:
         self.aliases: dict[str, str] = {}
         self._names: dict[int, str] = {}  # id(_TensorRef) -> name
         self._views: dict[tuple[Any, ...], str] = {}  # identical view -> first name
+        self._seen: dict[int, tuple[dict[str, Any], int, int]] = {}  # id -> node, size, height
+        self._deepest = 0
 
     def _unique(self, name: str) -> str:
         candidate, n = name, 1
@@ -343,6 +346,31 @@ class _TreeBuilder:
         )
 
     def node(self, value: Any, path: list[str], depth: int = 0) -> dict[str, Any]:
+        """The JSON node of ``value``. A container the pickle shares (one object referenced
+        from several places) is built once: later references reuse its node and count its
+        values and depth without walking it again, so a pickle that shares containers to
+        claim 2**60 values is refused at once."""
+        if not isinstance(value, (dict, list, tuple, set)):
+            return self._build(value, path, depth)
+        seen = self._seen.get(id(value))
+        if seen is not None:
+            built, size, height = seen
+            self._values += size
+            if self._values > MAX_VALUES:
+                raise self._too(f"holds more than {MAX_VALUES} values (or shares containers)")
+            if depth + height > MAX_DEPTH:
+                raise self._too(f"nests containers more than {MAX_DEPTH} deep (or in a cycle)")
+            return built
+        before, outer = self._values, self._deepest
+        self._deepest = depth
+        built = self._build(value, path, depth)
+        # the unpickled objects stay alive until the tree is built, so ids are not reused
+        self._seen[id(value)] = (built, self._values - before, self._deepest - depth)
+        self._deepest = max(outer, self._deepest)
+        return built
+
+    def _build(self, value: Any, path: list[str], depth: int) -> dict[str, Any]:
+        self._deepest = max(self._deepest, depth)
         self._values += 1
         if self._values > MAX_VALUES:
             raise self._too(f"holds more than {MAX_VALUES} values (or shares containers)")
@@ -604,7 +632,6 @@ class PyTorchFormat:
         archive.close()
 
 
-_DAMAGED = "the manifest is damaged or was edited by hand (check the file out from a good commit)"
 _KEY_KINDS = frozenset(
     {
         "none",

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
+from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import from_safetensors, nbytes, word_dtype
@@ -53,18 +54,23 @@ def _manifest_entries(
     tensors; raises ManifestError, so a file its own library refuses is never written."""
     text = fmt.get("header")
     if not isinstance(text, str):
-        raise ManifestError("safetensors manifest has no `header`")
+        raise ManifestError(f"safetensors manifest has no `header`: {_DAMAGED}")
     try:
         entries = _parse_header(text)
     except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
-        raise ManifestError(f"safetensors manifest has an invalid header: {exc}") from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise ManifestError(
+            f"safetensors manifest has an invalid header ({reason}): {_DAMAGED}"
+        ) from None
     expected = 0
     for name, _, _, begin, end in entries:
         if begin != expected:
-            raise ManifestError(f"safetensors manifest: tensor `{name}` overlaps or leaves a gap")
+            raise ManifestError(
+                f"safetensors manifest: tensor `{name}` overlaps or leaves a gap: {_DAMAGED}"
+            )
         expected = end
     if {e[0] for e in entries} != set(tensors) or aliases:
-        raise ManifestError("safetensors manifest's header and tensors disagree")
+        raise ManifestError(f"safetensors manifest's header and tensors disagree: {_DAMAGED}")
     return entries
 
 
@@ -97,9 +103,10 @@ class SafetensorsFormat:
             try:
                 text = raw.decode("utf-8")
                 entries = _parse_header(text)
-            except (ValueError, KeyError, TypeError, ThetaError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
+                reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
                 raise NotACheckpointError(
-                    display_name, f"invalid safetensors header: {exc}"
+                    display_name, f"invalid safetensors header: {reason}"
                 ) from exc
             data_start = 8 + n
             expected = 0
