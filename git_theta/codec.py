@@ -1,13 +1,21 @@
 """Encode one tensor (or update) as one blob: a tensorstore zarr v3 array in a zip archive.
 
-The array is 1-D over the tensor's elements carried as unsigned words of the element
-width (see ``tensors.word_dtype``), compressed with blosc (byte shuffle + lz4, or zstd when
-configured), which is lossless for every dtype. Tensorstore writes the array's keys
-(``zarr.json`` and one key per chunk) to an in-memory key-value store; the blob is those keys
-as the members of an uncompressed zip archive, in sorted order (zarr's zip-store layout).
-Decoding opens the stored object in place with tensorstore's ``zip`` key-value store, so no
-copy of it passes through Python. The blob names its codec (in ``zarr.json``), so objects
-written with either compressor decode the same way. The same input gives the same blob.
+Two layouts, each named by the array's own metadata (``zarr.json``), so every object ever
+written decodes the same way:
+
+- *words*: a 1-D array over the tensor's elements carried as unsigned words of the element
+  width (see ``tensors.word_dtype``), compressed with blosc (byte shuffle + lz4, or zstd).
+- *planes*: a 2-D ``uint8`` array [words, bytes per word]; zarr's ``transpose`` codec stores
+  each chunk byte plane by byte plane (every word's first byte, then every second byte...),
+  so the sign and exponent bytes of floats, which repeat a few values, compress apart from
+  the mantissa bytes, which look random; then zstd. Float weights come out 10-20% smaller
+  than with blosc (MiniLM-L6: 83% of fp32, 69% of bf16, 85% of fp16).
+
+Both are lossless for every dtype. Tensorstore writes the array's keys (``zarr.json`` and one
+key per chunk) to an in-memory key-value store; the blob is those keys as the members of an
+uncompressed zip archive, in sorted order (zarr's zip-store layout). Decoding opens the stored
+object in place with tensorstore's ``zip`` key-value store, so no copy of it passes through
+Python. The same input gives the same blob.
 """
 
 from __future__ import annotations
@@ -28,8 +36,34 @@ MAGIC = b"PK\x03\x04"
 # blosc runs faster on a chunk that stays in cache (a 38 MB tensor: 0.19 s as one chunk,
 # 0.04 s as 1 MiB chunks, on 2 cores); a zip member costs about 100 bytes
 CHUNK_BYTES = 1 << 20
-COMPRESSORS = ("lz4", "zstd")
-DEFAULT_LEVEL = {"lz4": 5, "zstd": 1}
+# blosc lz4 and blosc zstd (the words layout); byte planes + zstd (the planes layout)
+COMPRESSORS = ("lz4", "zstd", "planes")
+DEFAULT_LEVEL = {"lz4": 5, "zstd": 1, "planes": 1}
+
+
+def _planes_spec(words: int, word: np.dtype, level: int) -> dict:
+    rows = max(1, min(words, CHUNK_BYTES // word.itemsize))
+    return {
+        "driver": "zarr3",
+        "kvstore": {"driver": "memory"},
+        "metadata": {
+            "shape": [words, word.itemsize],
+            "chunk_grid": {
+                "name": "regular",
+                "configuration": {"chunk_shape": [rows, word.itemsize]},
+            },
+            "chunk_key_encoding": {"name": "default"},
+            "data_type": "uint8",
+            "fill_value": 0,
+            "codecs": [
+                {"name": "transpose", "configuration": {"order": [1, 0]}},
+                {"name": "bytes"},
+                {"name": "zstd", "configuration": {"level": level, "checksum": False}},
+            ],
+        },
+        "create": True,
+        "store_data_equal_to_fill_value": True,
+    }
 
 
 def _spec(words: int, word: np.dtype, clevel: int, cname: str = "lz4") -> dict:
@@ -68,8 +102,9 @@ def encode(
 ) -> Iterator[bytes | memoryview]:
     """Encode a contiguous 1-D array of unsigned words; yields the blob in pieces.
 
-    ``cname`` is blosc's compressor: ``lz4`` (the default: about 2.5x faster to encode and
-    decode than zstd on float weights) or ``zstd`` (smaller, notably for 16-bit floats)."""
+    ``cname``: ``lz4`` (blosc, the words layout: fast, for integers and small tensors),
+    ``zstd`` (blosc, the words layout) or ``planes`` (byte planes + zstd: smallest for
+    floats)."""
     yield from Encoding(words, clevel, cname).pieces()
 
 
@@ -86,10 +121,16 @@ class Encoding:
         clevel = DEFAULT_LEVEL[cname] if clevel is None else clevel
         if words.ndim != 1 or words.dtype.kind != "u" or not words.flags.c_contiguous:
             raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
+        self.words = words
+        self.cname = cname
         self._context = ts.Context()
-        spec = _spec(words.size, words.dtype, clevel, cname)
+        if cname == "planes":
+            spec = _planes_spec(words.size, words.dtype, clevel)
+            data = words.view(np.uint8).reshape(words.size, words.dtype.itemsize)
+        else:
+            spec, data = _spec(words.size, words.dtype, clevel, cname), words
         array = ts.open(spec, context=self._context).result()
-        self._written = array.write(words) if words.size else None
+        self._written = array.write(data) if words.size else None
 
     def pieces(self) -> Iterator[bytes | memoryview]:
         import tensorstore as ts
@@ -138,9 +179,15 @@ def decode(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> np.nd
     place); checks it holds ``words`` words of type ``word``."""
     array = _open(blob, word, words)
     try:
-        return np.ascontiguousarray(array.read().result())
+        return _as_words(array.read().result(), word)
     except Exception as exc:
         raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
+
+
+def _as_words(data: np.ndarray, word: np.dtype) -> np.ndarray:
+    """Decoded data of either layout as a contiguous 1-D array of ``word``."""
+    data = np.ascontiguousarray(data)
+    return data.reshape(-1).view(word) if data.ndim == 2 else data
 
 
 def decode_pieces(path: Path, word: np.dtype, words: int, piece: int) -> Iterator[np.ndarray]:
@@ -148,7 +195,7 @@ def decode_pieces(path: Path, word: np.dtype, words: int, piece: int) -> Iterato
     array = _open(path, word, words)
     for start in range(0, words, piece):
         try:
-            yield np.ascontiguousarray(array[start : min(words, start + piece)].read().result())
+            yield _as_words(array[start : min(words, start + piece)].read().result(), word)
         except Exception as exc:
             raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
 
@@ -175,7 +222,8 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
         array = ts.open(spec, context=context).result()
     except Exception as exc:  # tensorstore raises ValueError subclasses of its own
         raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
-    if array.dtype.numpy_dtype != word or list(array.shape) != [words]:
+    layouts = ((word, [words]), (np.dtype(np.uint8), [words, word.itemsize]))
+    if (array.dtype.numpy_dtype, list(array.shape)) not in layouts:
         raise CorruptObjectError(
             f"object holds {array.dtype.name}[{', '.join(map(str, array.shape))}], "
             f"expected {word.name}[{words}]"
@@ -198,18 +246,20 @@ MAX_MISSING = 64 << 20
 
 def _check_chunks(keys: Any, array: Any, words: int) -> None:
     """Refuses an object that omits chunks worth more than ``MAX_MISSING`` bytes."""
-    chunk = int(array.chunk_layout.read_chunk.shape[0])
+    shape = [int(n) for n in array.chunk_layout.read_chunk.shape]
+    chunk = shape[0]  # chunks split the first dimension only (see the specs)
     count = -(-words // chunk) if words else 0
     present = set()
     try:
         listed = keys.list().result()
     except Exception as exc:
         raise CorruptObjectError(f"object cannot be decoded: {exc}") from exc
-    for key in listed:
-        index = key[2:]
+    for key in listed:  # c/<i> (words layout) or c/<i>/0 (planes layout)
+        index = key[2:].removesuffix(b"/0") if len(shape) == 2 else key[2:]
         if key.startswith(b"c/") and index.isdigit() and int(index) < count:
             present.add(int(index))
-    missing = (count - len(present)) * chunk * array.dtype.numpy_dtype.itemsize
+    chunk_bytes = chunk * (shape[1] if len(shape) == 2 else 1) * array.dtype.numpy_dtype.itemsize
+    missing = (count - len(present)) * chunk_bytes
     if missing > MAX_MISSING:
         raise CorruptObjectError(
             f"object lacks {count - len(present)} of its {count} chunks, which would decode "

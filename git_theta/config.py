@@ -3,8 +3,12 @@
 | git config            | environment                   | meaning                              | default     |
 |-----------------------|-------------------------------|--------------------------------------|-------------|
 | theta.threads         | GIT_THETA_THREADS             | worker threads for hashing/encoding  | CPU count   |
-| theta.compression     | GIT_THETA_COMPRESSION         | blosc compressor: lz4 or zstd        | lz4         |
-| theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | its level (1-9)                      | lz4 5, zstd 1 |
+| theta.compression     | GIT_THETA_COMPRESSION         | auto, planes, lz4 or zstd (below)    | auto        |
+| theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | its level (1-9)                      | lz4 5, zstd 1, planes 1 |
+
+``auto`` picks per tensor: byte planes + zstd (``planes``) for floats of 4 KiB or more when
+that saves at least 2%, else blosc lz4; ``planes``, ``lz4`` or ``zstd`` use that one for
+every tensor.
 | theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
 """
 
@@ -45,8 +49,8 @@ def parse_int(key: str, value: str, low: int, high: int) -> int:
 @dataclass(frozen=True)
 class Config:
     threads: int
-    compression: str
-    compression_level: int
+    compression: str  # auto, or one of codec.COMPRESSORS
+    compression_level: int | None  # None: each compressor's default
     skip_smudge: bool
 
 
@@ -65,15 +69,17 @@ def load(git_config: Mapping[str, str]) -> Config:
     threads = pick("theta.threads", "GIT_THETA_THREADS")
     level = pick("theta.compressionLevel", "GIT_THETA_COMPRESSION_LEVEL")
     cname = pick("theta.compression", "GIT_THETA_COMPRESSION")
-    compression = "lz4"
+    compression = "auto"
     if cname is not None:
         compression = cname[1].strip().lower()
-        if compression not in COMPRESSORS:
-            raise UsageError(f"{cname[0]}={cname[1]!r} is not a compressor (use lz4 or zstd)")
+        if compression not in ("auto", *COMPRESSORS):
+            raise UsageError(
+                f"{cname[0]}={cname[1]!r} is not a compressor (use auto, planes, lz4 or zstd)"
+            )
     skip = pick("theta.skipSmudge", "GIT_THETA_SKIP_SMUDGE")
     return Config(
         threads=parse_int(*threads, 1, 256) if threads else max(1, os.cpu_count() or 1),
         compression=compression,
-        compression_level=parse_int(*level, 1, 9) if level else DEFAULT_LEVEL[compression],
+        compression_level=parse_int(*level, 1, 9) if level else DEFAULT_LEVEL.get(compression),
         skip_smudge=parse_bool(*skip) if skip else False,
     )

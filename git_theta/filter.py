@@ -74,11 +74,11 @@ def _store_tensor(
             and all(store.is_sound(obj) for obj in known.objects)
         ):
             return known  # unchanged, and its objects are here and sound
-    encoding = updates.start_encode(words, config)
+    encoding = updates.start_encode(words, config, tensor.dtype)
     if digest is None:
         # nothing it could be reused from: hashed while tensorstore's threads compress it
         digest = identity_hash(tensor.dtype, tensor.shape, words)
-    return TensorRecord(tensor.dtype, tensor.shape, digest, updates.finish(encoding, store))
+    return TensorRecord(tensor.dtype, tensor.shape, digest, updates.finish(encoding, store, config))
 
 
 def clean(

@@ -148,10 +148,10 @@ def _resolve(repo: Repo, path: str, plan: threeway.Plan, method: Method) -> dict
         merged = methods.combine(method, *values)
         word = word_dtype(get_dtype(base.dtype).itemsize)
         words = methods.from_float64(merged, base.dtype, word)
-        encoding = updates.start_encode(words, repo.config)
+        encoding = updates.start_encode(words, repo.config, base.dtype)
         digest = identity_hash(base.dtype, base.shape, words)
         resolved[name] = TensorRecord(
-            base.dtype, base.shape, digest, updates.finish(encoding, repo.store)
+            base.dtype, base.shape, digest, updates.finish(encoding, repo.store, repo.config)
         )
     return resolved
 

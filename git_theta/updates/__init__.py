@@ -17,16 +17,40 @@ from git_theta.store import ObjectStore
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import numel, word_dtype
 
+# ``auto``: byte planes only for floats this big (below, the planes layout's larger metadata
+# outweighs what it saves), and only when they save this fraction over storing the bytes
+PLANES_MIN_BYTES = 4096
+PLANES_MAX_RATIO = 0.98
+_FLOATS = frozenset({"float64", "float32", "float16", "bfloat16", "complex64", "complex128"})
 
-def start_encode(words: np.ndarray, config: Config) -> codec.Encoding:
+
+def compressor(dtype_name: str, nbytes: int, config: Config) -> str:
+    """The compressor for a tensor: the configured one, or ``auto``'s choice."""
+    if config.compression != "auto":
+        return config.compression
+    return "planes" if dtype_name in _FLOATS and nbytes >= PLANES_MIN_BYTES else "lz4"
+
+
+def start_encode(words: np.ndarray, config: Config, dtype_name: str) -> codec.Encoding:
     """Start compressing a changed tensor's canonical ``words`` on tensorstore's threads (a
     caller may hash them meanwhile); ``finish`` stores the result."""
-    return codec.Encoding(words, config.compression_level, config.compression)
+    cname = compressor(dtype_name, words.nbytes, config)
+    return codec.Encoding(words, config.compression_level, cname)
 
 
-def finish(encoding: codec.Encoding, store: ObjectStore) -> Storage:
-    """Write a started encoding to the store; returns its record."""
-    return Dense(store.put(encoding.pieces()))
+def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Storage:
+    """Write a started encoding to the store; returns its record. Under ``auto``, floats
+    whose byte planes do not compress (random-looking data) are stored with blosc lz4,
+    which decodes them faster."""
+    pieces = list(encoding.pieces())
+    size = sum(len(piece) for piece in pieces)
+    if (
+        config.compression == "auto"
+        and encoding.cname == "planes"
+        and size > PLANES_MAX_RATIO * encoding.words.nbytes
+    ):
+        pieces = list(codec.Encoding(encoding.words, None, "lz4").pieces())
+    return Dense(store.put(iter(pieces)))
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
