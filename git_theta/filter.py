@@ -34,6 +34,7 @@ from git_theta.errors import (
 from git_theta.formats import TensorData
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
+from git_theta.tensors import crc32 as tensor_crc32
 from git_theta.tensors import identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
@@ -47,6 +48,7 @@ class _Reuse:
 
     records: dict[str, TensorRecord]
     kinds: frozenset[tuple[str, tuple[int, ...]]]
+    manifest: Manifest | None
 
 
 def _previous_records(previous: bytes | None) -> _Reuse:
@@ -56,7 +58,8 @@ def _previous_records(previous: bytes | None) -> _Reuse:
     except ManifestError:
         manifest = None
     records = {r.hash: r for r in manifest.tensors.values()} if manifest else {}
-    return _Reuse(records, frozenset((r.dtype, tuple(r.shape)) for r in records.values()))
+    kinds = frozenset((r.dtype, tuple(r.shape)) for r in records.values())
+    return _Reuse(records, kinds, manifest)
 
 
 def _store_tensor(
@@ -78,7 +81,9 @@ def _store_tensor(
     if digest is None:
         # nothing it could be reused from: hashed while tensorstore's threads compress it
         digest = identity_hash(tensor.dtype, tensor.shape, words)
-    return TensorRecord(tensor.dtype, tensor.shape, digest, updates.finish(encoding, store, config))
+    crc = tensor_crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
+    storage = updates.finish(encoding, store, config)
+    return TensorRecord(tensor.dtype, tensor.shape, digest, storage, crc)
 
 
 def clean(
@@ -110,7 +115,23 @@ def clean(
         )
         by_name = dict(zip(names, records, strict=True))
     tensors = {name: by_name[name] for name in checkpoint.tensors}
-    return Manifest(checkpoint.format, tensors, checkpoint.aliases).to_bytes()
+    manifest = Manifest(checkpoint.format, tensors, checkpoint.aliases)
+    if previous is not None and _unchanged(reuse.manifest, manifest):
+        # the same checkpoint as the index has: its manifest stays byte for byte, even one an
+        # older git-theta wrote (so `git status` stays clean after checking out old commits)
+        return previous
+    return manifest.to_bytes()
+
+
+def _unchanged(old: Manifest | None, new: Manifest) -> bool:
+    """Whether ``new`` reuses every record of ``old`` and is otherwise the same."""
+    return (
+        old is not None
+        and old.format == new.format
+        and old.aliases == new.aliases
+        and old.tensors.keys() == new.tensors.keys()
+        and all(new.tensors[name] is record for name, record in old.tensors.items())
+    )
 
 
 def missing_objects(manifest: Manifest, store: ObjectStore) -> dict[str, list[str]]:
@@ -174,7 +195,7 @@ def smudge(
     with ThreadPoolExecutor(max_workers=threads) as pool:
         loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1))
         tensors = {
-            name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name))
+            name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
             for name, rec in manifest.tensors.items()
         }
         loader.order = fmt.write_order(manifest.format, tensors, manifest.aliases)

@@ -28,7 +28,10 @@ from git_theta.errors import ManifestError
 from git_theta.store import ObjectRef, valid_oid
 from git_theta.tensors import DTYPES, nbytes
 
-SCHEMA_VERSION = 1
+# 2: records may carry `crc32`, pytorch tree nodes may carry `view`, objects may use the byte
+# planes layout; git-theta before it would misread those, so it must refuse version 2
+SCHEMA_VERSION = 2
+READS = (1, 2)  # versions this git-theta reads (and writes back as they are)
 WIDTH = 100
 MAX_DIMS = 64  # dimensions of one tensor
 _DAMAGED = "the file is damaged (check it out again from a good commit)"
@@ -133,6 +136,9 @@ class TensorRecord:
     shape: tuple[int, ...]
     hash: str
     storage: Storage
+    # CRC-32 of the canonical bytes, computed at `git add` so that writers of zip-based
+    # formats need not compute it at checkout (None in records of schema 1)
+    crc32: int | None = None
 
     @property
     def encoding(self) -> str:
@@ -149,12 +155,15 @@ class TensorRecord:
         return nbytes(self.dtype, self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "dtype": self.dtype,
             "shape": list(self.shape),
             "hash": self.hash,
             "storage": self.storage.to_json(),
         }
+        if self.crc32 is not None:
+            value["crc32"] = self.crc32
+        return value
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> TensorRecord:
@@ -170,7 +179,10 @@ class TensorRecord:
         storage = parse_storage(name, value["storage"])
         if not isinstance(digest, str) or not valid_oid(digest):
             raise _invalid_id(name)
-        return cls(dtype, tuple(shape), digest, storage)
+        crc = value.get("crc32")
+        if crc is not None and not (_natural(crc) and crc < 1 << 32):
+            raise _invalid_id(name)
+        return cls(dtype, tuple(shape), digest, storage, crc)
 
 
 @dataclass
@@ -180,11 +192,12 @@ class Manifest:
     format: dict[str, Any]
     tensors: dict[str, TensorRecord] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    version: int = SCHEMA_VERSION  # a manifest read is written back in its own version
 
     def to_bytes(self) -> bytes:
         """The canonical serialization."""
         value = {
-            "git_theta": SCHEMA_VERSION,
+            "git_theta": self.version,
             "format": self.format,
             "tensors": {name: rec.to_json() for name, rec in self.tensors.items()},
             "aliases": self.aliases,
@@ -208,10 +221,10 @@ class Manifest:
                 f"manifest schema version {json.dumps(version)[:40]} is not a number: the file "
                 "is damaged (check it out again from a good commit)"
             )
-        if version != SCHEMA_VERSION:
+        if version not in READS:
             raise ManifestError(
                 f"manifest schema version {version!r} is not one this git-theta knows "
-                f"(it reads version {SCHEMA_VERSION}): upgrade git-theta"
+                f"(it reads versions {' and '.join(map(str, READS))}): upgrade git-theta"
             )
         fmt, records, aliases = (value.get(k) for k in ("format", "tensors", "aliases"))
         aliases = {} if aliases is None else aliases
@@ -227,7 +240,7 @@ class Manifest:
                 raise ManifestError(
                     f"manifest alias `{alias}` -> `{target}` is invalid: {_DAMAGED}"
                 )
-        return cls(format=fmt, tensors=tensors, aliases=aliases)
+        return cls(format=fmt, tensors=tensors, aliases=aliases, version=version)
 
     def objects(self) -> dict[str, list[str]]:
         """Every object this manifest needs, mapped to the tensor names that need it."""

@@ -22,6 +22,7 @@ from git_theta.history import Located
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.methods import Method
 from git_theta.repo import Repo
+from git_theta.tensors import crc32 as tensor_crc32
 from git_theta.tensors import dtype as get_dtype
 from git_theta.tensors import identity_hash, word_dtype
 from git_theta.transfer import fetch_missing
@@ -150,9 +151,8 @@ def _resolve(repo: Repo, path: str, plan: threeway.Plan, method: Method) -> dict
         words = methods.from_float64(merged, base.dtype, word)
         encoding = updates.start_encode(words, repo.config, base.dtype)
         digest = identity_hash(base.dtype, base.shape, words)
-        resolved[name] = TensorRecord(
-            base.dtype, base.shape, digest, updates.finish(encoding, repo.store, repo.config)
-        )
+        storage = updates.finish(encoding, repo.store, repo.config)
+        resolved[name] = TensorRecord(base.dtype, base.shape, digest, storage, tensor_crc32(words))
     return resolved
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,3 +115,8 @@ def identity_hash(
         )
     digest.update(view)
     return digest.hexdigest()
+
+
+def crc32(words: np.ndarray) -> int:
+    """CRC-32 (as zip records it) of a contiguous array's bytes."""
+    return zlib.crc32(words.data.cast("B")) if words.size else 0

@@ -49,11 +49,11 @@ class ZipStream:
         self.out.write(data)
         self.offset += len(data)
 
-    def add(self, name: str, data: bytes | memoryview) -> None:
-        """One stored member."""
+    def add(self, name: str, data: bytes | memoryview, crc: int | None = None) -> None:
+        """One stored member; ``crc``: its data's CRC-32 when the caller knows it already."""
         view = memoryview(data).cast("B")
         size = view.nbytes
-        crc = zlib.crc32(view)
+        crc = zlib.crc32(view) if crc is None else crc
         encoded = name.encode("utf-8")
         big = size >= ZIP64_LIMIT
         extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""

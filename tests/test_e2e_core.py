@@ -264,7 +264,7 @@ def test_manifest_is_deterministic_readable_json(repo: Repo) -> None:
     assert shown.startswith("{")
     assert shown.endswith("}\n") and not shown.endswith("\n\n")
     value = json.loads(shown)
-    assert value["git_theta"] == 1
+    assert value["git_theta"] == 2
     assert value["format"]["name"] == "pytorch"
     expected = distinct_tensors(ckpt)
     assert {n: (r["dtype"], r["shape"]) for n, r in value["tensors"].items()} == {

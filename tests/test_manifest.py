@@ -52,7 +52,7 @@ EXPECTED = """\
       ]
     }
   },
-  "git_theta": 1,
+  "git_theta": 2,
   "tensors": {
     "ln_é.bias": {
       "dtype": "bfloat16",
@@ -94,7 +94,7 @@ def test_small_manifest_is_one_line_with_sorted_keys() -> None:
     m = Manifest(format={"name": "safetensors", "header": "{}"})
     assert m.to_bytes() == (
         b'{"aliases": {}, "format": {"header": "{}", "name": "safetensors"}, '
-        b'"git_theta": 1, "tensors": {}}\n'
+        b'"git_theta": 2, "tensors": {}}\n'
     )
 
 
@@ -102,12 +102,12 @@ def _one_line_manifest(name: str) -> Manifest:
     return Manifest(format={"name": name})
 
 
-# `{"aliases": {}, "format": {"name": ""}, "git_theta": 1, "tensors": {}}` is 70 columns.
+# `{"aliases": {}, "format": {"name": ""}, "git_theta": 2, "tensors": {}}` is 70 columns.
 @pytest.mark.parametrize("fill", ["x", "é"])
 def test_whole_manifest_of_exactly_100_columns_stays_on_one_line(fill: str) -> None:
     name = fill * 30
     data = _one_line_manifest(name).to_bytes()
-    text = '{"aliases": {}, "format": {"name": "' + name + '"}, "git_theta": 1, "tensors": {}}\n'
+    text = '{"aliases": {}, "format": {"name": "' + name + '"}, "git_theta": 2, "tensors": {}}\n'
     assert len(text) == 101  # 100 columns plus the newline; columns are characters
     assert data == text.encode("utf-8")
 
@@ -120,7 +120,7 @@ def test_whole_manifest_of_101_columns_is_split() -> None:
             "{\n"
             '  "aliases": {},\n'
             '  "format": {"name": "' + name + '"},\n'
-            '  "git_theta": 1,\n'
+            '  "git_theta": 2,\n'
             '  "tensors": {}\n'
             "}\n"
         ).encode()
@@ -138,7 +138,7 @@ def test_member_line_width_counts_its_key(width: int, one_line: bool) -> None:
         '  "aliases": {},\n'
         '  "format": {\n'
         '    "name": "n",\n' + member + "  },\n"
-        '  "git_theta": 1,\n'
+        '  "git_theta": 2,\n'
         '  "tensors": {}\n'
         "}\n"
     )
@@ -189,13 +189,30 @@ def test_to_bytes_does_not_depend_on_insertion_order() -> None:
 
 def test_unknown_schema_version_says_to_upgrade() -> None:
     value = json.loads(example().to_bytes())
-    value["git_theta"] = 2
+    value["git_theta"] = 3
     with pytest.raises(ManifestError) as info:
         Manifest.from_bytes(json.dumps(value).encode())
     assert str(info.value) == (
-        "manifest schema version 2 is not one this git-theta knows (it reads version 1): "
-        "upgrade git-theta"
+        "manifest schema version 3 is not one this git-theta knows (it reads versions 1 and "
+        "2): upgrade git-theta"
     )
+
+
+def test_a_schema_1_manifest_is_read_and_written_back_as_version_1() -> None:
+    value = json.loads(example().to_bytes())
+    value["git_theta"] = 1
+    old = Manifest.from_bytes(json.dumps(value).encode())
+    assert old.version == 1 and old.tensors == example().tensors
+    assert json.loads(old.to_bytes()) == value
+
+
+def test_a_record_carries_its_crc32_when_known() -> None:
+    record = TensorRecord("float32", (2,), C, Dense(ObjectRef(A, 10)), 0xDEADBEEF)
+    assert record.to_json()["crc32"] == 0xDEADBEEF
+    assert TensorRecord.from_json("t", record.to_json()) == record
+    for bad in (-1, 1 << 32, "12", True):
+        with pytest.raises(ManifestError, match="invalid hash or object id"):
+            TensorRecord.from_json("t", {**record.to_json(), "crc32": bad})
 
 
 def _entry(**changes: Any) -> dict[str, Any]:
@@ -394,7 +411,7 @@ def test_parse_if_manifest_returns_none_for_safetensors_starting_with_brace() ->
 def test_parse_if_manifest_parses_manifests_and_reports_bad_ones() -> None:
     assert parse_if_manifest(EXPECTED) == example()
     with pytest.raises(ManifestError, match="upgrade git-theta"):
-        parse_if_manifest(b'{"git_theta": 2}')
+        parse_if_manifest(b'{"git_theta": 3}')
 
 
 def test_dense_record_names_exactly_one_object() -> None:

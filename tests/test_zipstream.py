@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,3 +58,39 @@ def test_rebuilt_torch_file_loads_with_zip64(
         fmt.write(checkpoint.format, checkpoint.tensors, checkpoint.aliases, f)
     assert_same_object(torch.load(out, weights_only=True), original)
     assert_same_object(torch.load(out, weights_only=True, mmap=True), original)
+
+
+def test_checkout_writes_the_crc32s_recorded_at_add_without_computing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import config as theta_config
+    from git_theta import filter as theta_filter
+    from git_theta.manifest import Manifest
+    from git_theta.store import ObjectStore
+
+    torch.save({"w": torch.randn(300, 20), "b": torch.arange(7)}, tmp_path / "model.pt")
+    store, config = ObjectStore(tmp_path / "lfs"), theta_config.load({})
+    manifest = Manifest.from_bytes(theta_filter.clean(tmp_path / "model.pt", None, store, config))
+    assert all(record.crc32 is not None for record in manifest.tensors.values())
+    computed: list[int] = []
+    real = zipstream.zlib.crc32
+
+    def counting(data: Any, *rest: Any) -> int:
+        computed.append(len(data))
+        return real(data, *rest)
+
+    monkeypatch.setattr(zipstream.zlib, "crc32", counting)
+    out = io.BytesIO()
+    theta_filter.smudge(manifest, store, out, config)
+    storages = 300 * 20 * 4 + 7 * 8
+    assert sum(computed) < 1000  # the small records (data.pkl, version...), not the 24 KB of data
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as archive:
+        assert archive.testzip() is None  # every CRC-32 is right
+    # a manifest of schema 1 has no CRC-32s: checkout computes them, as before
+    computed.clear()
+    old = Manifest(
+        manifest.format, {n: replace(r, crc32=None) for n, r in manifest.tensors.items()}
+    )
+    old_out = io.BytesIO()
+    theta_filter.smudge(old, store, old_out, config)
+    assert sum(computed) >= storages and old_out.getvalue() == out.getvalue()

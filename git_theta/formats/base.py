@@ -52,6 +52,7 @@ class TensorData:
     dtype: str
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
+    crc32: int | None = None  # CRC-32 of the canonical bytes, when known without loading
 
 
 @dataclass

@@ -627,7 +627,8 @@ class PyTorchFormat:
         archive.add("archive/byteorder", b"little")
         for key in _member_order(emitter, tensors):
             name = emitter.storage_order[key]
-            archive.add(f"archive/data/{key}", tensors[name].load().data.cast("B"))
+            tensor = tensors[name]  # its CRC-32 recorded at `git add`, when the manifest has it
+            archive.add(f"archive/data/{key}", tensor.load().data.cast("B"), tensor.crc32)
         archive.add("archive/version", b"3\n")
         archive.close()
 
