@@ -7,16 +7,19 @@ commands alike. It wires the repository's index, store, settings and remote to t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from git_theta import filter as theta_filter
-from git_theta.errors import ManifestError
+from git_theta.errors import ManifestError, ThetaError
 from git_theta.history import Located
 from git_theta.manifest import Manifest, parse_if_manifest
 from git_theta.repo import Repo
 from git_theta.transfer import fetch_missing
+
+_MANIFEST_LIMIT = 64 << 20  # a manifest is never this big: a larger file is not one
 
 
 class FilterDriver:
@@ -62,6 +65,34 @@ class FilterDriver:
             fetch_missing(self.repo, [Located(pathname, needed)])
 
         theta_filter.smudge(manifest, self.repo.store, out, self.repo.config, fetch=fetch)
+
+    def wants(self, pathname: str, src: Path) -> bool:
+        """Delay a smudge whose manifest needs objects that are not local (they are then
+        fetched with every other delayed file's, in one transfer: ``ready``)."""
+        if self.repo.config.skip_smudge or src.stat().st_size > _MANIFEST_LIMIT:
+            return False
+        try:
+            manifest = parse_if_manifest(src.read_bytes())
+        except ManifestError:
+            return False  # answered now, with its error
+        return manifest is not None and bool(
+            theta_filter.missing_objects(manifest, self.repo.store)
+        )
+
+    def ready(self, delayed: list[tuple[str, Path]]) -> None:
+        """Fetch what every delayed smudge needs, in one batch. When that fails, each file
+        fetches (and fails) on its own when git asks for it again: its error then names
+        that file's tensors, one line per file, as without delay."""
+        located = []
+        for pathname, src in delayed:
+            try:
+                manifest = parse_if_manifest(src.read_bytes())
+            except ManifestError:
+                continue  # fails with its own error when asked again
+            if manifest is not None:
+                located.append(Located(pathname, manifest))
+        with contextlib.suppress(ThetaError):
+            fetch_missing(self.repo, located)
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         """A filter-process request."""

@@ -139,6 +139,10 @@ HANDSHAKE_OUT = (
 )
 
 
+# what `git-theta filter-process` answers: it also takes delayed smudges
+HANDSHAKE_OUT_PROCESS = HANDSHAKE_OUT[:-4] + b"0015capability=delay\n0000"
+
+
 def packets(data: bytes) -> bytes:
     """``data`` as content packets of at most 65516 bytes, then a flush."""
     out = io.BytesIO()
@@ -446,7 +450,7 @@ def test_filter_process_serves_its_stdin(repo: Repo) -> None:
     data = HANDSHAKE_IN + request("clean", "model.pt", b"garbage")
     proc = run_filter_process(repo.path, data)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout == HANDSHAKE_OUT + b"0011status=error\n0000"
+    assert proc.stdout == HANDSHAKE_OUT_PROCESS + b"0011status=error\n0000"
     assert proc.stderr.decode() == (
         "git-theta: error: model.pt: not a checkpoint git-theta can read: its content is not "
         "in any known format (safetensors, pytorch)\n"
@@ -471,7 +475,7 @@ def test_filter_process_ended_early_exits_1_with_one_line(
     # no traceback: one line and a failed exit
     proc = run_filter_process(repo.path, HANDSHAKE_IN + tail)
     assert proc.returncode == 1
-    assert proc.stdout == HANDSHAKE_OUT
+    assert proc.stdout == HANDSHAKE_OUT_PROCESS
     assert proc.stderr.decode() == f"git-theta: error: {message}\n"
 
 
@@ -479,8 +483,85 @@ def test_filter_process_outside_a_repository_fails_each_file(tmp_path: Path) -> 
     data = HANDSHAKE_IN + request("clean", "model.pt", b"data") + request("smudge", "m.pt", b"x")
     proc = run_filter_process(tmp_path, data)
     assert proc.returncode == 0
-    assert proc.stdout == HANDSHAKE_OUT + b"0011status=error\n0000" * 2
+    assert proc.stdout == HANDSHAKE_OUT_PROCESS + b"0011status=error\n0000" * 2
     message = str(NotARepositoryError(str(tmp_path.resolve())))
     assert proc.stderr.decode() == (
         f"git-theta: error: model.pt: {message}\ngit-theta: error: m.pt: {message}\n"
     )
+
+
+class Waiter:
+    """A delayer that delays every file and records what it readies."""
+
+    def __init__(self) -> None:
+        self.readied: list[list[tuple[str, bytes]]] = []
+
+    def wants(self, pathname: str, src: Path) -> bool:
+        return pathname.startswith("slow")
+
+    def ready(self, delayed: list[tuple[str, Path]]) -> None:
+        self.readied.append([(name, src.read_bytes()) for name, src in delayed])
+
+
+def delayable(pathname: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    pktline.write_text(out, "command=smudge")
+    pktline.write_text(out, f"pathname={pathname}")
+    pktline.write_text(out, "can-delay=1")
+    pktline.write_flush(out)
+    return out.getvalue() + packets(content)
+
+
+LIST = b"0021command=list_available_blobs\n0000"
+
+
+def test_delayed_smudges_are_readied_together_and_answered_when_asked_again(
+    tmp_path: Path,
+) -> None:
+    recorder, waiter = Recorder(answer=lambda c: c.upper()), Waiter()
+    data = (
+        HANDSHAKE_IN
+        + delayable("slow-a", b"aaa")
+        + delayable("fast", b"fff")
+        + delayable("slow-b", b"bbb")
+        + LIST
+        + request("smudge", "slow-a", b"")  # git asks again, with empty content
+        + request("smudge", "slow-b", b"")
+        + LIST
+    )
+    out = io.BytesIO()
+    filter_process.serve(
+        recorder.handle, recorder.on_error, lambda: tmp_path, io.BytesIO(data), out, waiter
+    )
+    stream = io.BytesIO(out.getvalue())
+    assert pktline.read_text_list(stream) == ["git-filter-server", "version=2"]
+    assert pktline.read_text_list(stream) == [
+        "capability=clean",
+        "capability=smudge",
+        "capability=delay",
+    ]
+    assert pktline.read_text_list(stream) == ["status=delayed"]
+    assert pktline.read_text_list(stream) == ["status=success"]  # fast: answered now
+    assert b"".join(pktline.read_content(stream)) == b"FFF"
+    assert pktline.read_text_list(stream) == []
+    assert pktline.read_text_list(stream) == ["status=delayed"]
+    assert pktline.read_text_list(stream) == ["pathname=slow-a", "pathname=slow-b"]
+    assert pktline.read_text_list(stream) == ["status=success"]
+    for content in (b"AAA", b"BBB"):
+        assert pktline.read_text_list(stream) == ["status=success"]
+        assert b"".join(pktline.read_content(stream)) == content
+        assert pktline.read_text_list(stream) == []
+    assert pktline.read_text_list(stream) == []  # nothing left delayed
+    assert pktline.read_text_list(stream) == ["status=success"]
+    assert stream.read() == b""
+    assert waiter.readied == [[("slow-a", b"aaa"), ("slow-b", b"bbb")]]  # one batch
+    assert [(c, p, x) for c, p, x in recorder.calls] == [
+        ("smudge", "fast", b"fff"),
+        ("smudge", "slow-a", b"aaa"),
+        ("smudge", "slow-b", b"bbb"),
+    ]
+    assert list(tmp_path.glob("theta-in-*")) == []  # kept contents are gone
+
+
+def test_without_a_delayer_delay_is_not_claimed(tmp_path: Path) -> None:
+    assert serve(Recorder(), HANDSHAKE_IN, tmp_path) == HANDSHAKE_OUT

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -519,3 +520,38 @@ def test_push_uploads_objects_of_manifests_at_paths_no_longer_tracked(
     (b.path / "model.pt").unlink()  # the same blob at both commits: checkout left it alone
     b.git("checkout", "-q", "--", "model.pt")
     assert_checkpoint(b.path / "model.pt", first)
+
+
+def _batches(server: LfsServer) -> int:
+    """Batch API requests the server has answered so far (from its request log)."""
+    return server.log.read_text(errors="replace").count("/objects/batch")
+
+
+def test_checkout_and_clone_of_many_checkpoints_fetch_in_one_batch(
+    shared: tuple[Repo, Path, LfsServer], tmp_path: Path
+) -> None:
+    a, bare, server = shared
+    a.theta("track", "ckpt/*.pt")
+    states = {f"ckpt/{i}.pt": seeded_state_dict(N, SIZE, seed=10 + i) for i in range(8)}
+    (a.path / "ckpt").mkdir()
+    for name, state in states.items():
+        save(a, state, name)
+    a.git("add", ".gitattributes", "ckpt")
+    a.git("commit", "-q", "-m", "8 checkpoints")
+    a.git("push", "-q", "-u", "origin", "main")
+    before = _batches(server)
+    b, _ = clone(bare, tmp_path / "b")  # the clone's checkout: one batch for all 8
+    assert _batches(server) - before == 1
+    for name, state in states.items():
+        assert_checkpoint(b.path / name, state)
+    assert b.status() == ""
+    # a checkout of 8 checkpoints whose objects are missing locally: one batch
+    shutil.rmtree(b.path / ".git" / "lfs")
+    for name in states:
+        (b.path / name).unlink()
+    before = _batches(server)
+    b.git("checkout", "--", "ckpt")
+    assert _batches(server) - before == 1
+    for name, state in states.items():
+        assert_checkpoint(b.path / name, state)
+    assert b.status() == ""

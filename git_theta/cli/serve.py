@@ -68,7 +68,7 @@ def filter_process() -> NoReturn:
     repo = functools.cache(lambda: Repo.open(Path.cwd()))
     drivers: list[Any] = []
 
-    def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+    def driver() -> Any:
         if not drivers:
             try:
                 import tensorstore  # noqa: F401  (the codec's; loaded here, with the rest)
@@ -84,11 +84,23 @@ def filter_process() -> NoReturn:
             warning = repo().ensure_hook()
             if warning:
                 report(f"warning: {warning}")
-        drivers[0].handle(command, pathname, src, out)
+        return drivers[0]
+
+    def handle(command: str, pathname: str, src: Path, out: BinaryIO) -> None:
+        driver().handle(command, pathname, src, out)
+
+    class Delay:
+        """The driver's delay decisions."""
+
+        def wants(self, pathname: str, src: Path) -> bool:
+            return bool(driver().wants(pathname, src))
+
+        def ready(self, delayed: list[tuple[str, Path]]) -> None:
+            driver().ready(delayed)
 
     code = 0
     try:
-        protocol.serve(handle, on_error, tmp_dir=lambda: repo().store.tmp_dir)
+        protocol.serve(handle, on_error, tmp_dir=lambda: repo().store.tmp_dir, delayer=Delay())
     except ThetaError as exc:
         report(f"error: {exc}")
         code = exc.exit_code
