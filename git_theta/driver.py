@@ -25,16 +25,28 @@ _MANIFEST_LIMIT = 64 << 20  # a manifest is never this big: a larger file is not
 class FilterDriver:
     """clean and smudge for the files of ``repo``, as git's filter drivers call them."""
 
-    def __init__(self, repo: Repo, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repo,
+        warn: Callable[[str], None] | None = None,
+        progress: Callable[[str], theta_filter.Progress | None] | None = None,
+    ) -> None:
         self.repo = repo
         self.warn = warn or (lambda message: None)
+        # progress(stage) -> a callback for one file's progress, or None for none
+        self.progress = progress or (lambda stage: None)
 
     def clean(self, pathname: str, src: Path, out: BinaryIO) -> None:
         """Checkpoint at ``src`` -> its manifest on ``out``, reusing the records of the
         manifest the index holds for ``pathname``."""
         previous = self.repo.index_blob(pathname) if pathname else None
         manifest = theta_filter.clean(
-            src, previous, self.repo.store, self.repo.config, name=pathname or "<stdin>"
+            src,
+            previous,
+            self.repo.store,
+            self.repo.config,
+            name=pathname or "<stdin>",
+            progress=self.progress(f"storing {pathname}"),
         )
         out.write(manifest)
 
@@ -64,7 +76,14 @@ class FilterDriver:
         def fetch(needed: Manifest) -> None:
             fetch_missing(self.repo, [Located(pathname, needed)])
 
-        theta_filter.smudge(manifest, self.repo.store, out, self.repo.config, fetch=fetch)
+        theta_filter.smudge(
+            manifest,
+            self.repo.store,
+            out,
+            self.repo.config,
+            fetch=fetch,
+            progress=self.progress(f"rebuilding {pathname}"),
+        )
 
     def wants(self, pathname: str, src: Path) -> bool:
         """Delay a smudge whose manifest needs objects that are not local (they are then

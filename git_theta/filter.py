@@ -86,8 +86,17 @@ def _store_tensor(
     return TensorRecord(tensor.dtype, tensor.shape, digest, storage, crc)
 
 
+# (tensors done, tensors in all, bytes done, bytes in all)
+Progress = Callable[[int, int, int, int], None]
+
+
 def clean(
-    src: Path, previous: bytes | None, store: ObjectStore, config: Config, name: str = "<stdin>"
+    src: Path,
+    previous: bytes | None,
+    store: ObjectStore,
+    config: Config,
+    name: str = "<stdin>",
+    progress: Progress | None = None,
 ) -> bytes:
     """The manifest for the checkpoint at ``src`` (``name``: its path, for messages).
 
@@ -109,11 +118,20 @@ def clean(
         checkpoint.tensors,
         key=lambda n: -tensor_nbytes(checkpoint.tensors[n].dtype, checkpoint.tensors[n].shape),
     )
+    sizes = {
+        n: tensor_nbytes(checkpoint.tensors[n].dtype, checkpoint.tensors[n].shape) for n in names
+    }
+    total, done, done_bytes = len(names), 0, 0
+    by_name = {}
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         records = pool.map(
             lambda n: _store_tensor(checkpoint.tensors[n], reuse, store, config), names
         )
-        by_name = dict(zip(names, records, strict=True))
+        for n, record in zip(names, records, strict=True):
+            by_name[n] = record
+            done, done_bytes = done + 1, done_bytes + sizes[n]
+            if progress is not None:
+                progress(done, total, done_bytes, sum(sizes.values()))
     tensors = {name: by_name[name] for name in checkpoint.tensors}
     manifest = Manifest(checkpoint.format, tensors, checkpoint.aliases)
     if previous is not None and _unchanged(reuse.manifest, manifest):
@@ -177,6 +195,7 @@ def smudge(
     out: BinaryIO,
     config: Config,
     fetch: Callable[[Manifest], object] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Write the checkpoint ``manifest`` describes to ``out``, front to back.
 
@@ -193,7 +212,7 @@ def smudge(
     threads = max(1, config.threads)
     fmt = formats.get(manifest.format["name"])
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1))
+        loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1), progress=progress)
         tensors = {
             name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
             for name, rec in manifest.tensors.items()
@@ -209,8 +228,16 @@ class _AheadLoader:
     """Decodes tensors on a pool, a bounded number ahead of the writer, in its order."""
 
     def __init__(
-        self, manifest: Manifest, store: ObjectStore, pool: ThreadPoolExecutor, window: int
+        self,
+        manifest: Manifest,
+        store: ObjectStore,
+        pool: ThreadPoolExecutor,
+        window: int,
+        progress: Progress | None = None,
     ) -> None:
+        self.progress = progress
+        self.total_bytes = sum(r.nbytes for r in manifest.tensors.values())
+        self.done_bytes = 0
         self.manifest = manifest
         self.store = store
         self.pool = pool
@@ -233,9 +260,14 @@ class _AheadLoader:
         self._done.add(name)
         future = self._pending.pop(name, None)
         if future is None:  # asked out of the declared order: load it now
-            return load_tensor(name, self.manifest.tensors[name], self.store)
-        result = future.result()
-        self._submit_ahead()
+            result = load_tensor(name, self.manifest.tensors[name], self.store)
+        else:
+            result = future.result()
+            self._submit_ahead()
+        if self.progress is not None:
+            self.done_bytes += self.manifest.tensors[name].nbytes
+            total = len(self.manifest.tensors)
+            self.progress(len(self._done), total, self.done_bytes, self.total_bytes)
         return result
 
     def cancel(self) -> None:

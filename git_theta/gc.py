@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,8 +124,14 @@ def _shared_store(repo: Repo) -> Path | None:
     return None
 
 
-def gc(repo: Repo, prune: str | None = None, dry_run: bool = False) -> Result:
-    """Delete (or with ``dry_run`` list) unneeded objects and old temporary files."""
+def gc(
+    repo: Repo,
+    prune: str | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Result:
+    """Delete (or with ``dry_run`` list) unneeded objects and old temporary files;
+    ``progress(stage, done, total)`` is told how far it is."""
     shared = _shared_store(repo)
     if shared is not None:
         raise UsageError(
@@ -136,7 +143,10 @@ def gc(repo: Repo, prune: str | None = None, dry_run: bool = False) -> Result:
     needed, pointed = needed_objects(repo)
     store = repo.store
     result = Result(needed=len(needed))
-    for oid, stored in store.objects():
+    stored_objects = list(store.objects())
+    for done, (oid, stored) in enumerate(stored_objects, 1):
+        if progress is not None:
+            progress("checking objects", done, len(stored_objects))
         if oid in needed:
             continue
         if cutoff is None or stored.mtime >= cutoff:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -468,3 +469,27 @@ def test_ls_files_lists_the_checkpoint(repo: Repo) -> None:
     assert proc.stderr == ""
     line = f"{count:>8} {_human(logical):>10} {_human(repo.store_bytes()):>10}  model.pt"
     assert proc.stdout == line + "\n"
+
+
+def test_progress_on_a_terminal_only(repo: Repo) -> None:
+    from tests.helpers import on_a_terminal
+
+    torch.save(make_checkpoint(seed=3), repo.path / "model.pt")
+    code, shown = on_a_terminal(["git", "add", "model.pt"], repo.path, "stderr")
+    assert code == 0
+    final = shown.replace("\r\n", "\n").split("\r")[-1]
+    assert re.fullmatch(
+        r"git-theta: storing model\.pt: 100% \((\d+)/\1, [\d.]+ KiB/[\d.]+ KiB, [\d.]+ \w+/s\)"
+        r"\x1b\[K\n",
+        final,
+    ), shown
+    repo.git("commit", "-qm", "v1")
+    (repo.path / "model.pt").unlink()
+    code, shown = on_a_terminal(["git", "checkout", "--", "model.pt"], repo.path, "stderr")
+    assert code == 0 and "git-theta: rebuilding model.pt: 100% (" in shown, shown
+    code, shown = on_a_terminal(["git", "theta", "gc"], repo.path, "stderr")
+    assert code == 0 and "git-theta: checking objects: 100% (" in shown, shown
+    # not on a terminal: nothing
+    (repo.path / "model.pt").unlink()
+    proc = repo.git("checkout", "--", "model.pt")
+    assert proc.stderr == ""

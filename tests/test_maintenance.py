@@ -166,8 +166,8 @@ def test_fsck_shows_progress_on_a_terminal(repo: Repo) -> None:
     commit(repo, v1(), "v1")
     code, shown = on_a_terminal(["git", "theta", "fsck"], repo.path, "stderr")
     assert code == 0
-    assert "\rgit-theta: checking objects: 100% (4/4)\r\n" in shown
-    assert "\rgit-theta: decoding tensors: 100% (4/4)\r\n" in shown
+    assert "\rgit-theta: checking objects: 100% (4/4)\x1b[K\r\n" in shown
+    assert "\rgit-theta: decoding tensors: 100% (4/4)\x1b[K\r\n" in shown
     # and none when stderr is not a terminal
     assert "checking objects" not in repo.theta("fsck").stderr
 

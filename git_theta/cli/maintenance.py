@@ -82,7 +82,7 @@ def gc(dry_run: bool, prune: str | None) -> None:
     from git_theta.repo import Repo
 
     repo = Repo.open(Path.cwd())
-    result = gc_lib.gc(repo, prune, dry_run)
+    result = gc_lib.gc(repo, prune, dry_run, Progress())
     verb = "would delete" if dry_run else "deleted"
     for item in result.deleted:
         name = gc_lib.display(item.name, repo.top)

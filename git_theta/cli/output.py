@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -15,21 +16,42 @@ def report(message: str) -> None:
 
 class Progress:
     """A progress line on stderr, rewritten in place, shown only when stderr is a terminal
-    (like git's own): ``progress(stage, done, total)``."""
+    (like git's own): ``progress(stage, done, total)``, or with the bytes done and to do
+    ``progress(stage, done, total, nbytes, total_bytes)`` (then also the rate). Redrawn at
+    most ten times a second, and always when done."""
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._last = ""
+        self._drawn = 0.0
+        self._start: float | None = None
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(
+        self,
+        stage: str,
+        done: int,
+        total: int,
+        nbytes: int | None = None,
+        total_bytes: int | None = None,
+    ) -> None:
         if not self.enabled or total <= 0:
             return
-        line = f"git-theta: {stage}: {100 * done // total}% ({done}/{total})"
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        finished = done >= total
+        if not finished and now - self._drawn < 0.1:
+            return
+        line = f"git-theta: {stage}: {100 * done // total}% ({done}/{total}"
+        if nbytes is not None and total_bytes is not None:
+            line += f", {size_text(nbytes)}/{size_text(total_bytes)}"
+            if now > self._start:
+                line += f", {size_text(int(nbytes / (now - self._start)))}/s"
+        line += ")"
         if line == self._last:
             return
-        self._last = line
-        end = "\n" if done >= total else ""
-        print(f"\r{line}", end=end, file=sys.stderr, flush=True)
+        self._last, self._drawn = line, now
+        print(f"\r{line}\033[K", end="\n" if finished else "", file=sys.stderr, flush=True)
 
 
 def size_text(n: int) -> str:

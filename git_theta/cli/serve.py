@@ -42,6 +42,16 @@ def _debug_traceback(exc: BaseException) -> None:
         traceback.print_exception(exc, file=sys.stderr)
 
 
+def _progress(stage: str) -> Any:
+    """A progress line for one file, when stderr is a terminal (git's own, through git)."""
+    from git_theta.cli.output import Progress
+
+    line = Progress()
+    if not line.enabled:
+        return None
+    return lambda done, total, nbytes, total_bytes: line(stage, done, total, nbytes, total_bytes)
+
+
 def single_threaded_blas() -> None:
     """numpy's OpenBLAS starts a spinning thread per core when it loads; the filters do no
     linear algebra, and on a small machine those threads take CPU from git and the filter.
@@ -75,7 +85,7 @@ def filter_process() -> NoReturn:
 
                 from git_theta.driver import FilterDriver
 
-                drivers.append(FilterDriver(repo(), lambda m: report(f"warning: {m}")))
+                drivers.append(FilterDriver(repo(), lambda m: report(f"warning: {m}"), _progress))
             finally:
                 gc.freeze()
                 gc.enable()
