@@ -256,8 +256,7 @@ def fmt_size(n: float) -> str:
 
 def report(w: Workload, size: int, theta: dict[str, Measure], lfs: dict[str, Measure]) -> None:
     print(
-        f"\n### {w.name}: {w.filename}, {fmt_size(size)}, "
-        f"{len(shapes_of(w))} tensors",
+        f"\n### {w.name}: {w.filename}, {fmt_size(size)}, {len(shapes_of(w))} tensors",
         flush=True,
     )
     print(
