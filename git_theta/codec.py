@@ -249,6 +249,9 @@ def _check_chunks(keys: Any, array: Any, words: int) -> None:
     shape = [int(n) for n in array.chunk_layout.read_chunk.shape]
     chunk = shape[0]  # chunks split the first dimension only (see the specs)
     count = -(-words // chunk) if words else 0
+    chunk_bytes = chunk * (shape[1] if len(shape) == 2 else 1) * array.dtype.numpy_dtype.itemsize
+    if count * chunk_bytes <= MAX_MISSING:
+        return  # even with every chunk missing it stands for no more: no need to list keys
     present = set()
     try:
         listed = keys.list().result()
@@ -258,7 +261,6 @@ def _check_chunks(keys: Any, array: Any, words: int) -> None:
         index = key[2:].removesuffix(b"/0") if len(shape) == 2 else key[2:]
         if key.startswith(b"c/") and index.isdigit() and int(index) < count:
             present.add(int(index))
-    chunk_bytes = chunk * (shape[1] if len(shape) == 2 else 1) * array.dtype.numpy_dtype.itemsize
     missing = (count - len(present)) * chunk_bytes
     if missing > MAX_MISSING:
         raise CorruptObjectError(
