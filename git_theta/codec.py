@@ -142,6 +142,7 @@ class Encoding:
         archive = ZipStream(pieces, align=1)
         for key in sorted(store.list().result()):
             archive.add(key.decode(), store.read(key).result().value)
+            store.write(key, None).result()  # dropped: memory holds one copy of the blob
             yield from pieces.take()
         archive.close()
         yield from pieces.take()
