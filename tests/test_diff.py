@@ -187,6 +187,14 @@ def test_theta_log_and_show(repo: Repo) -> None:
     )
 
 
+def test_show_names_the_view_a_stored_span_is_seen_as(repo: Repo) -> None:
+    torch.save({"e": torch.arange(3.0).expand(4, 3), "w": torch.ones(2)}, repo.path / "model.pt")
+    repo.commit_file("model.pt", "a view")
+    shown = repo.theta("show", "HEAD:model.pt").stdout.splitlines()
+    assert re.fullmatch(r"e  float32  \[3\] viewed as \[4, 3\]  dense  \d+ B", shown[1])
+    assert re.fullmatch(r"w  float32  \[2\]  dense  \d+ B", shown[2])
+
+
 def _downloads(server: LfsServer) -> list[str]:
     """Object ids the server handed out (from its request log)."""
     return re.findall(r'"GET [^"]*?([0-9a-f]{64})[^"]*" 200', server.log.read_text())

@@ -229,18 +229,19 @@ def show(spec: str) -> None:
     One line per tensor: name, dtype, shape, encoding and stored size; then totals.
     """
     from git_theta import diffs as diffs_lib
+    from git_theta.formats import pytorch
     from git_theta.repo import Repo
 
     repo = Repo.open(Path.cwd())
     where, manifest = diffs_lib.load_spec(repo, spec)
     click.echo(f"{where} ({manifest.format['name']}, {len(manifest.tensors)} tensors)")
-    seen: set[str] = set()
+    views = pytorch.views(manifest.format) if manifest.format["name"] == "pytorch" else {}
     for name, record in manifest.tensors.items():
         stored = sum(o.size for o in record.objects)
-        click.echo(
-            f"{name}  {record.dtype}  {list(record.shape)}  {record.encoding}  {size_text(stored)}"
-        )
-        seen.update(o.oid for o in record.objects)
+        shape = f"{list(record.shape)}"
+        if name in views:  # stored as the span of elements a repeating view covers
+            shape += f" viewed as {views[name]}"
+        click.echo(f"{name}  {record.dtype}  {shape}  {record.encoding}  {size_text(stored)}")
     click.echo(
         f"total: {len(manifest.tensors)} tensors, {size_text(manifest.logical_size())} "
         f"logical, {size_text(manifest.stored_size())} stored"

@@ -818,6 +818,23 @@ def _as_key(node: Any) -> Any:
     return (kind, json.dumps(node, sort_keys=True))
 
 
+def views(fmt: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The shape each tensor stored as a view's span is seen as (for people: ``show``);
+    walks the tree without recursion, ignoring what is not a well-formed view node."""
+    found: dict[str, list[int]] = {}
+    stack = [fmt.get("root")]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            view, name = node.get("view"), node.get("tensor", node.get("parameter"))
+            if isinstance(name, str) and isinstance(view, dict) and "shape" in view:
+                found.setdefault(name, view["shape"])
+            stack.extend(v for v in node.values() if isinstance(v, (list, dict)))
+    return found
+
+
 def _is_hex_float(text: str) -> bool:
     try:
         float.fromhex(text)
