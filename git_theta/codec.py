@@ -132,6 +132,16 @@ class Encoding:
         array = ts.open(spec, context=self._context).result()
         self._written = array.write(data) if words.size else None
 
+    def size(self) -> int:
+        """Bytes of the compressed chunks (the blob adds its zip records), without holding
+        more than one chunk's copy."""
+        import tensorstore as ts
+
+        if self._written is not None:
+            self._written.result()
+        store = ts.KvStore.open({"driver": "memory"}, context=self._context).result()
+        return sum(len(store.read(key).result().value) for key in store.list().result())
+
     def pieces(self) -> Iterator[bytes | memoryview]:
         import tensorstore as ts
 

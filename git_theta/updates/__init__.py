@@ -42,15 +42,13 @@ def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Stor
     """Write a started encoding to the store; returns its record. Under ``auto``, floats
     whose byte planes do not compress (random-looking data) are stored with blosc lz4,
     which decodes them faster."""
-    pieces = list(encoding.pieces())
-    size = sum(len(piece) for piece in pieces)
     if (
         config.compression == "auto"
         and encoding.cname == "planes"
-        and size > PLANES_MAX_RATIO * encoding.words.nbytes
+        and encoding.size() > PLANES_MAX_RATIO * encoding.words.nbytes
     ):
-        pieces = list(codec.Encoding(encoding.words, None, "lz4").pieces())
-    return Dense(store.put(iter(pieces)))
+        encoding = codec.Encoding(encoding.words, None, "lz4")
+    return Dense(store.put(encoding.pieces()))  # streamed: one chunk at a time
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
