@@ -132,22 +132,22 @@ class Encoding:
         array = ts.open(spec, context=self._context).result()
         self._written = array.write(data) if words.size else None
 
+    def _keys(self) -> Any:
+        """The finished array's key-value store (``zarr.json`` and the compressed chunks)."""
+        import tensorstore as ts
+
+        if self._written is not None:
+            self._written.result()
+        return ts.KvStore.open({"driver": "memory"}, context=self._context).result()
+
     def size(self) -> int:
         """Bytes of the compressed chunks (the blob adds its zip records), without holding
         more than one chunk's copy."""
-        import tensorstore as ts
-
-        if self._written is not None:
-            self._written.result()
-        store = ts.KvStore.open({"driver": "memory"}, context=self._context).result()
+        store = self._keys()
         return sum(len(store.read(key).result().value) for key in store.list().result())
 
     def pieces(self) -> Iterator[bytes | memoryview]:
-        import tensorstore as ts
-
-        if self._written is not None:
-            self._written.result()
-        store = ts.KvStore.open({"driver": "memory"}, context=self._context).result()
+        store = self._keys()
         pieces = _Pieces()
         archive = ZipStream(pieces, align=1)
         for key in sorted(store.list().result()):

@@ -34,7 +34,6 @@ from git_theta.errors import (
 from git_theta.formats import TensorData
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
-from git_theta.tensors import crc32 as tensor_crc32
 from git_theta.tensors import identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
@@ -77,13 +76,7 @@ def _store_tensor(
             and all(store.is_sound(obj) for obj in known.objects)
         ):
             return known  # unchanged, and its objects are here and sound
-    encoding = updates.start_encode(words, config, tensor.dtype)
-    if digest is None:
-        # nothing it could be reused from: hashed while tensorstore's threads compress it
-        digest = identity_hash(tensor.dtype, tensor.shape, words)
-    crc = tensor_crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
-    storage = updates.finish(encoding, store, config)
-    return TensorRecord(tensor.dtype, tensor.shape, digest, storage, crc)
+    return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest)
 
 
 # (tensors done, tensors in all, bytes done, bytes in all)
@@ -113,25 +106,20 @@ def clean(
     fmt = formats.detect(src, name)
     checkpoint = fmt.read(src, name)
     reuse = _previous_records(previous)
+    sizes = {n: tensor_nbytes(t.dtype, t.shape) for n, t in checkpoint.tensors.items()}
     # largest first, so the longest tasks do not start last and leave a core idle at the end
-    names = sorted(
-        checkpoint.tensors,
-        key=lambda n: -tensor_nbytes(checkpoint.tensors[n].dtype, checkpoint.tensors[n].shape),
-    )
-    sizes = {
-        n: tensor_nbytes(checkpoint.tensors[n].dtype, checkpoint.tensors[n].shape) for n in names
-    }
-    total, done, done_bytes = len(names), 0, 0
+    names = sorted(sizes, key=lambda n: -sizes[n])
+    total_bytes, done_bytes = sum(sizes.values()), 0
     by_name = {}
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         records = pool.map(
             lambda n: _store_tensor(checkpoint.tensors[n], reuse, store, config), names
         )
-        for n, record in zip(names, records, strict=True):
+        for done, (n, record) in enumerate(zip(names, records, strict=True), 1):
             by_name[n] = record
-            done, done_bytes = done + 1, done_bytes + sizes[n]
+            done_bytes += sizes[n]
             if progress is not None:
-                progress(done, total, done_bytes, sum(sizes.values()))
+                progress(done, len(names), done_bytes, total_bytes)
     tensors = {name: by_name[name] for name in checkpoint.tensors}
     manifest = Manifest(checkpoint.format, tensors, checkpoint.aliases)
     if previous is not None and _unchanged(reuse.manifest, manifest):

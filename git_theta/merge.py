@@ -22,9 +22,8 @@ from git_theta.history import Located
 from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
 from git_theta.methods import Method
 from git_theta.repo import Repo
-from git_theta.tensors import crc32 as tensor_crc32
 from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import identity_hash, word_dtype
+from git_theta.tensors import word_dtype
 from git_theta.transfer import fetch_missing
 
 ENV = "GIT_THETA_MERGE_"
@@ -149,10 +148,9 @@ def _resolve(repo: Repo, path: str, plan: threeway.Plan, method: Method) -> dict
         merged = methods.combine(method, *values)
         word = word_dtype(get_dtype(base.dtype).itemsize)
         words = methods.from_float64(merged, base.dtype, word)
-        encoding = updates.start_encode(words, repo.config, base.dtype)
-        digest = identity_hash(base.dtype, base.shape, words)
-        storage = updates.finish(encoding, repo.store, repo.config)
-        resolved[name] = TensorRecord(base.dtype, base.shape, digest, storage, tensor_crc32(words))
+        resolved[name] = updates.store_tensor(
+            base.dtype, base.shape, words, repo.store, repo.config
+        )
     return resolved
 
 

@@ -14,8 +14,8 @@ from git_theta.config import Config
 from git_theta.errors import ManifestError
 from git_theta.manifest import Dense, Storage, TensorRecord
 from git_theta.store import ObjectStore
+from git_theta.tensors import crc32, identity_hash, numel, word_dtype
 from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import numel, word_dtype
 
 # ``auto``: byte planes only for floats this big (below, the planes layout's larger metadata
 # outweighs what it saves), and only when they save this fraction over storing the bytes
@@ -49,6 +49,24 @@ def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Stor
     ):
         encoding = codec.Encoding(encoding.words, None, "lz4")
     return Dense(store.put(encoding.pieces()))  # streamed: one chunk at a time
+
+
+def store_tensor(
+    dtype_name: str,
+    shape: tuple[int, ...],
+    words: np.ndarray,
+    store: ObjectStore,
+    config: Config,
+    digest: str | None = None,
+) -> TensorRecord:
+    """Encode and store a changed tensor's canonical ``words``; returns its record. The
+    identity hash (unless ``digest`` already is it) and the CRC-32 are computed while
+    tensorstore's threads compress."""
+    encoding = start_encode(words, config, dtype_name)
+    if digest is None:
+        digest = identity_hash(dtype_name, shape, words)
+    crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
+    return TensorRecord(dtype_name, shape, digest, finish(encoding, store, config), crc)
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
