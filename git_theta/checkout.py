@@ -9,11 +9,9 @@ import tempfile
 from git_theta import filter as theta_filter
 from git_theta.errors import UsageError
 from git_theta.history import Located
-from git_theta.manifest import Manifest, looks_like_manifest, parse_if_manifest
+from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
 from git_theta.transfer import fetch_missing
-
-_MANIFEST_LIMIT = 64 << 20  # a work-tree file this large is a checkpoint, not a manifest
 
 
 def checkout(repo: Repo, paths: list[str]) -> list[str]:
@@ -49,7 +47,7 @@ def checkout(repo: Repo, paths: list[str]) -> list[str]:
     for path in candidates:
         file = top / path
         if file.exists():
-            if file.stat().st_size > _MANIFEST_LIMIT:
+            if file.stat().st_size > MAX_MANIFEST_BYTES:
                 continue
             data = file.read_bytes()
         else:

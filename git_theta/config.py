@@ -5,11 +5,11 @@
 | theta.threads         | GIT_THETA_THREADS             | worker threads for hashing/encoding  | CPU count   |
 | theta.compression     | GIT_THETA_COMPRESSION         | auto, planes, lz4 or zstd (below)    | auto        |
 | theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | its level (1-9)                      | lz4 5, zstd 1, planes 1 |
+| theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
 
 ``auto`` picks per tensor: byte planes + zstd (``planes``) for floats of 4 KiB or more when
 that saves at least 2%, else blosc lz4; ``planes``, ``lz4`` or ``zstd`` use that one for
 every tensor.
-| theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
 """
 
 from __future__ import annotations

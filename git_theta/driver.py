@@ -15,11 +15,9 @@ from typing import BinaryIO
 from git_theta import filter as theta_filter
 from git_theta.errors import ManifestError, ThetaError
 from git_theta.history import Located
-from git_theta.manifest import Manifest, parse_if_manifest
+from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, parse_if_manifest
 from git_theta.repo import Repo
 from git_theta.transfer import fetch_missing
-
-_MANIFEST_LIMIT = 64 << 20  # a manifest is never this big: a larger file is not one
 
 
 class FilterDriver:
@@ -88,7 +86,7 @@ class FilterDriver:
     def wants(self, pathname: str, src: Path) -> bool:
         """Delay a smudge whose manifest needs objects that are not local (they are then
         fetched with every other delayed file's, in one transfer: ``ready``)."""
-        if self.repo.config.skip_smudge or src.stat().st_size > _MANIFEST_LIMIT:
+        if self.repo.config.skip_smudge or src.stat().st_size > MAX_MANIFEST_BYTES:
             return False
         try:
             manifest = parse_if_manifest(src.read_bytes())

@@ -32,12 +32,10 @@ from git_theta.errors import (
     ThetaError,
 )
 from git_theta.formats import TensorData
-from git_theta.manifest import Manifest, TensorRecord, parse_if_manifest
+from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
 from git_theta.tensors import identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
-
-_PASSTHROUGH_LIMIT = 64 << 20  # a manifest is never this big; larger files are not read whole
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def clean(
     """
     with open(src, "rb") as f:
         first = f.read(1)
-    if first == b"{" and src.stat().st_size <= _PASSTHROUGH_LIMIT:
+    if first == b"{" and src.stat().st_size <= MAX_MANIFEST_BYTES:
         head = src.read_bytes()
         existing = parse_if_manifest(head)
         if existing is not None:

@@ -26,14 +26,15 @@ from typing import Any, ClassVar
 
 from git_theta.errors import ManifestError
 from git_theta.store import ObjectRef, valid_oid
-from git_theta.tensors import DTYPES, nbytes
+from git_theta.tensors import DTYPES, MAX_DIMS, nbytes
 
 # 2: records may carry `crc32`, pytorch tree nodes may carry `view`, objects may use the byte
 # planes layout; git-theta before it would misread those, so it must refuse version 2
 SCHEMA_VERSION = 2
 READS = (1, 2)  # versions this git-theta reads (and writes back as they are)
 WIDTH = 100
-MAX_DIMS = 64  # dimensions of one tensor
+# a manifest is never this big: a larger file is a checkpoint, and is not read whole
+MAX_MANIFEST_BYTES = 64 << 20
 _DAMAGED = "the file is damaged (check it out again from a good commit)"
 
 

@@ -51,6 +51,8 @@ DTYPES: dict[str, DType] = {
     )
 }
 
+MAX_DIMS = 64  # dimensions of one tensor, in a checkpoint or a manifest
+
 _BY_SAFETENSORS = {d.safetensors: d for d in DTYPES.values() if d.safetensors}
 _BY_TORCH_STORAGE = {d.torch_storage: d for d in DTYPES.values() if d.torch_storage}
 

@@ -47,7 +47,15 @@ from git_theta.errors import (
 )
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.tensors import DTYPES, DType, from_torch_storage, nbytes, numel, word_dtype
+from git_theta.tensors import (
+    DTYPES,
+    MAX_DIMS,
+    DType,
+    from_torch_storage,
+    nbytes,
+    numel,
+    word_dtype,
+)
 from git_theta.zipstream import ZipStream
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
@@ -144,9 +152,6 @@ def _refuse_view_flags(rest: tuple[Any, ...]) -> None:
             f"a tensor is saved as a lazy view ({flags}), which git-theta does not support: "
             "save `t.resolve_conj().resolve_neg()` instead"
         )
-
-
-MAX_DIMS = 64  # dimensions of one tensor
 
 
 def _view(offset: Any, size: Any, stride: Any) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -333,7 +338,7 @@ class _TreeBuilder:
             node = {"tensor": name}
             if ref.requires_grad:
                 node["requires_grad"] = True
-        if _repeats(ref):  # stored as the span of storage it covers; rebuilt as this view
+        if _repeats(ref.shape, ref.stride):  # stored as the span it covers; rebuilt as this view
             node["view"] = {"shape": list(ref.shape), "stride": list(ref.stride)}
         return node
 
@@ -457,22 +462,22 @@ def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _span(ref: _TensorRef) -> int:
+def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
     """Elements of storage from the view's first element to its last (0 for an empty view)."""
-    if numel(ref.shape) == 0:
+    if numel(shape) == 0:
         return 0
-    return 1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+    return 1 + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))
 
 
-def _repeats(ref: _TensorRef) -> bool:
+def _repeats(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     """Whether the view has more elements than the storage it spans (a stride of 0, or
     overlapping strides): it is then stored as that span, not expanded, so a few bytes can
     never become gigabytes, and it is rebuilt as the same view."""
-    return numel(ref.shape) > _span(ref)
+    return numel(shape) > _span(shape, stride)
 
 
 def _stored_shape(ref: _TensorRef) -> tuple[int, ...]:
-    return (_span(ref),) if _repeats(ref) else ref.shape
+    return (_span(ref.shape, ref.stride),) if _repeats(ref.shape, ref.stride) else ref.shape
 
 
 def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
@@ -484,9 +489,9 @@ def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
         if count == 0:
             return np.zeros(0, dtype=word)
         # read only the span the view covers (bounds were checked against the storage)
-        span = _span(ref)
+        span = _span(ref.shape, ref.stride)
         data = read_range(file, start + ref.offset * itemsize, span * itemsize)
-        if _repeats(ref) or (span == count and _is_contiguous(ref)):
+        if count > span or (span == count and _is_contiguous(ref)):  # repeats, or plain
             return data.view(word)
         view = np.lib.stride_tricks.as_strided(
             data.view(np.dtype(f"V{itemsize}")),
@@ -792,9 +797,8 @@ class _TreeChecker:
             _, shape, stride = _view(0, view["shape"], view["stride"])
         except pickle.UnpicklingError:
             raise self.fail(f"has an invalid view of tensor `{name}`") from None
-        ref = _TensorRef(_Storage("", None, 0), 0, shape, stride, False, DTYPES["uint8"])
         # as the reader records views: ones that repeat elements, over exactly their span
-        if not _repeats(ref) or list(record.shape) != [_span(ref)]:
+        if not _repeats(shape, stride) or list(record.shape) != [_span(shape, stride)]:
             raise self.fail(
                 f"has a view of tensor `{name}` that does not repeat the {record.shape} "
                 "elements it stores"
