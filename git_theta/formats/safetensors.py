@@ -46,6 +46,30 @@ def _parse_header(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]
     return entries
 
 
+class _BadHeader(ValueError):
+    """A header that does not parse; the message says why."""
+
+
+def _entries(text: str) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """``_parse_header``, its failures (whatever raised them) as ``_BadHeader``."""
+    try:
+        return _parse_header(text)
+    except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise _BadHeader(reason) from exc
+
+
+def _misplaced(entries: list[tuple[str, str, tuple[int, ...], int, int]]) -> tuple[str | None, int]:
+    """The first tensor that does not start where the one before it ends (the first at 0),
+    if any; and where the last one ends."""
+    expected = 0
+    for name, _, _, begin, end in entries:
+        if begin != expected:
+            return name, expected
+        expected = end
+    return None, expected
+
+
 def _manifest_entries(
     fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
 ) -> list[tuple[str, str, tuple[int, ...], int, int]]:
@@ -56,19 +80,16 @@ def _manifest_entries(
     if not isinstance(text, str):
         raise ManifestError(f"safetensors manifest has no `header`: {_DAMAGED}")
     try:
-        entries = _parse_header(text)
-    except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        entries = _entries(text)
+    except _BadHeader as bad:
         raise ManifestError(
-            f"safetensors manifest has an invalid header ({reason}): {_DAMAGED}"
+            f"safetensors manifest has an invalid header ({bad}): {_DAMAGED}"
         ) from None
-    expected = 0
-    for name, _, _, begin, end in entries:
-        if begin != expected:
-            raise ManifestError(
-                f"safetensors manifest: tensor `{name}` overlaps or leaves a gap: {_DAMAGED}"
-            )
-        expected = end
+    misplaced, _ = _misplaced(entries)
+    if misplaced is not None:
+        raise ManifestError(
+            f"safetensors manifest: tensor `{misplaced}` overlaps or leaves a gap: {_DAMAGED}"
+        )
     if {e[0] for e in entries} != set(tensors) or aliases:
         raise ManifestError(f"safetensors manifest's header and tensors disagree: {_DAMAGED}")
     return entries
@@ -102,20 +123,17 @@ class SafetensorsFormat:
             raw = f.read(n)
             try:
                 text = raw.decode("utf-8")
-                entries = _parse_header(text)
-            except (ValueError, KeyError, TypeError, RecursionError, ThetaError) as exc:
-                reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+                entries = _entries(text)
+            except ValueError as exc:  # not UTF-8, or a _BadHeader
                 raise NotACheckpointError(
-                    display_name, f"invalid safetensors header: {reason}"
+                    display_name, f"invalid safetensors header: {exc}"
                 ) from exc
             data_start = 8 + n
-            expected = 0
-            for name, _, _, begin, end in entries:
-                if begin != expected:
-                    raise NotACheckpointError(
-                        display_name, f"tensor `{name}` data overlaps another or leaves a gap"
-                    )
-                expected = end
+            misplaced, expected = _misplaced(entries)
+            if misplaced is not None:
+                raise NotACheckpointError(
+                    display_name, f"tensor `{misplaced}` data overlaps another or leaves a gap"
+                )
             if data_start + expected != size:
                 reason = (
                     "the file is truncated"
