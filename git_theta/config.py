@@ -7,9 +7,10 @@
 | theta.compressionLevel| GIT_THETA_COMPRESSION_LEVEL   | its level (1-9)                      | lz4 5, zstd 1, planes 1 |
 | theta.skipSmudge      | GIT_THETA_SKIP_SMUDGE         | checkout leaves manifests in place   | false       |
 
-``auto`` picks per tensor: byte planes + zstd (``planes``) for floats of 4 KiB or more when
-that saves at least 2%, else blosc lz4; ``planes``, ``lz4`` or ``zstd`` use that one for
-every tensor.
+``auto`` picks per tensor: blosc byte shuffle + zstd (``zstd``) for floats of 4 KiB or more
+when that saves at least 2%, else blosc lz4; ``lz4``, ``zstd`` or ``planes`` (byte planes
+through zarr's transpose codec, then zstd: as small as ``zstd``, slower to decode) use that
+one for every tensor.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def test_round_trip_is_bit_exact_and_deterministic(
     decoded = codec.decode(blob, words.dtype, words.size)
     assert decoded.dtype == words.dtype
     assert decoded.shape == words.shape
+    with tempfile.TemporaryDirectory() as tmp:  # as a stored object: c-blosc reads the file
+        path = Path(tmp) / "object"
+        path.write_bytes(blob)
+        direct = codec._direct(path, words.dtype, words.size)
+        assert (direct is None) == (cname == "planes" or words.size == 0)
+        assert codec.decode(path, words.dtype, words.size).tobytes() == words.tobytes()
     assert decoded.flags.c_contiguous
     assert decoded.tobytes() == words.tobytes()
 
@@ -96,6 +103,7 @@ def test_blob_layout_is_magic_count_and_sorted_keys(monkeypatch: pytest.MonkeyPa
 def test_blob_bytes_are_pinned() -> None:
     # the same tensor must give the same object (and so the same manifest) on every machine
     # and with every git-theta that writes this format: 1 MiB chunks, blosc shuffle + lz4/zstd
+    # (zstd with one blosc block per chunk since 0.2)
     words = np.arange(3 * 2**18 + 5, dtype="<u4")  # four chunks, the last one short
     blob = b"".join(codec.encode(words))
     assert sorted(codec._unpack(blob)) == [b"c/0", b"c/1", b"c/2", b"c/3", b"zarr.json"]
@@ -106,8 +114,8 @@ def test_blob_bytes_are_pinned() -> None:
     normal = np.random.default_rng(7).standard_normal(2**19, dtype=np.float32).view("<u4")
     blob = b"".join(codec.encode(normal, cname="zstd"))
     assert (len(blob), hashlib.sha256(blob).hexdigest()) == (
-        1935111,
-        "299a2cf114a43eb19277c8e3d11888eced3051f3b8d724d2b88a3c3ef979e98a",
+        1764601,
+        "be507e61d834abb9841ed8ebed75a763206e2f114415802fea94bfa184710f7e",
     )
 
 
@@ -344,6 +352,9 @@ def test_byte_planes_name_themselves_and_store_floats_smaller() -> None:
     lz4 = b"".join(codec.encode(words))
     assert len(planes) < 0.9 * len(lz4)  # 84% of the bytes against 94%
     assert np.array_equal(codec.decode(planes, words.dtype, words.size), words)
+    # blosc's byte shuffle with one block per chunk codes the same planes apart: as small
+    zstd = b"".join(codec.encode(words, cname="zstd"))
+    assert abs(len(zstd) - len(planes)) < 0.003 * len(planes)
 
 
 def test_unknown_compressor_is_refused() -> None:
@@ -392,7 +403,7 @@ def test_every_chunk_is_stored_and_objects_omitting_zero_chunks_still_decode() -
     assert np.array_equal(codec.decode(out.getvalue(), zeros.dtype, zeros.size), zeros)
 
 
-def test_auto_stores_floats_as_byte_planes_only_when_that_saves_space(tmp_path: Path) -> None:
+def test_auto_stores_floats_with_zstd_only_when_that_saves_space(tmp_path: Path) -> None:
     import torch
 
     from git_theta import config as theta_config
@@ -415,16 +426,17 @@ def test_auto_stores_floats_as_byte_planes_only_when_that_saves_space(tmp_path: 
         theta_filter.clean(tmp_path / "model.pt", None, store, theta_config.load({}))
     )
 
-    def layout(name: str) -> str:
+    def compressor(name: str) -> str:
         blob = store.read(manifest.tensors[name].objects[0].oid)
-        return "planes" if b'"transpose"' in codec._unpack(blob)[b"zarr.json"] else "blosc"
+        blosc = json.loads(codec._unpack(blob)[b"zarr.json"])["codecs"][1]
+        return f"{blosc['configuration']['cname']}, {blosc['configuration']['blocksize']}"
 
-    assert {name: layout(name) for name in checkpoint} == {
-        "weights": "planes",
-        "half": "planes",
-        "tiny": "blosc",  # under 4 KiB
-        "ids": "blosc",  # integers
-        "noise": "blosc",  # byte planes saved nothing
+    assert {name: compressor(name) for name in checkpoint} == {
+        "weights": "zstd, 16384",  # one block of the whole chunk
+        "half": "zstd, 65536",
+        "tiny": "lz4, 0",  # under 4 KiB
+        "ids": "lz4, 0",  # integers
+        "noise": "lz4, 0",  # zstd saved nothing
     }
 
 
@@ -456,3 +468,59 @@ def test_real_weights_are_stored_at_most_at_their_target_size(
     stored = sum(f.stat().st_size for f in store.objects_dir.rglob("*") if f.is_file())
     logical = sum(t.numel() * t.element_size() for t in tensors.values())
     assert logical > 20_000_000 and stored <= target * logical, stored / logical
+
+
+def _rezipped(blob: bytes, change: dict[str, bytes | None]) -> bytes:
+    """``blob`` with members replaced (or dropped, for None), stored as before."""
+    members = {k.decode(): v for k, v in codec._unpack(blob).items()}
+    for name, data in change.items():
+        if data is None:
+            del members[name]
+        else:
+            members[name] = data
+    out = io.BytesIO()
+    archive = ZipStream(out, align=1)
+    for name in sorted(members):
+        archive.add(name, members[name])
+    archive.close()
+    return out.getvalue()
+
+
+def test_a_stored_object_not_exactly_as_written_is_left_to_tensorstore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(codec, "CHUNK_BYTES", 64)
+    words = np.arange(40, dtype="<u4")  # three chunks of 16 words, the last one short
+    blob = blob_of(words, cname="zstd")
+    path = tmp_path / "object"
+    path.write_bytes(blob)
+    assert np.array_equal(codec._direct(path, words.dtype, words.size), words)
+
+    # a chunk whose header claims more bytes than a chunk holds: c-blosc never sees it
+    chunk = bytearray(codec._unpack(blob)[b"c/1"])
+    chunk[4:8] = (1 << 30).to_bytes(4, "little")
+    path.write_bytes(_rezipped(blob, {"c/1": bytes(chunk)}))
+    assert codec._direct(path, words.dtype, words.size) is None
+    with pytest.raises(CorruptObjectError, match="object cannot be decoded"):
+        codec.decode(path, words.dtype, words.size)
+
+    # a chunk missing (objects written before every chunk was stored): its zeros decode
+    path.write_bytes(_rezipped(blob, {"c/1": None}))
+    assert codec._direct(path, words.dtype, words.size) is None
+    expected = words.copy()
+    expected[16:32] = 0
+    assert np.array_equal(codec.decode(path, words.dtype, words.size), expected)
+
+    # metadata of another shape or type: tensorstore's check words the error
+    meta = json.loads(codec._unpack(blob)[b"zarr.json"])
+    meta["shape"] = [41]
+    path.write_bytes(_rezipped(blob, {"zarr.json": json.dumps(meta).encode()}))
+    assert codec._direct(path, words.dtype, words.size) is None
+    with pytest.raises(CorruptObjectError, match=r"holds uint32\[41\], expected uint32\[40\]"):
+        codec.decode(path, words.dtype, words.size)
+
+    # cut short: the chunks' sizes are checked against the file's before reading
+    path.write_bytes(blob[: len(blob) // 2])
+    assert codec._direct(path, words.dtype, words.size) is None
+    with pytest.raises(CorruptObjectError):
+        codec.decode(path, words.dtype, words.size)

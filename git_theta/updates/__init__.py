@@ -17,10 +17,10 @@ from git_theta.store import ObjectStore
 from git_theta.tensors import crc32, identity_hash, numel, word_dtype
 from git_theta.tensors import dtype as get_dtype
 
-# ``auto``: byte planes only for floats this big (below, the planes layout's larger metadata
-# outweighs what it saves), and only when they save this fraction over storing the bytes
-PLANES_MIN_BYTES = 4096
-PLANES_MAX_RATIO = 0.98
+# ``auto``: zstd only for floats this big (below, lz4 is as small), and only when it saves
+# this fraction over storing the bytes (else lz4, which decodes faster)
+ZSTD_MIN_BYTES = 4096
+ZSTD_MAX_RATIO = 0.98
 _FLOATS = frozenset({"float64", "float32", "float16", "bfloat16", "complex64", "complex128"})
 
 
@@ -28,7 +28,7 @@ def compressor(dtype_name: str, nbytes: int, config: Config) -> str:
     """The compressor for a tensor: the configured one, or ``auto``'s choice."""
     if config.compression != "auto":
         return config.compression
-    return "planes" if dtype_name in _FLOATS and nbytes >= PLANES_MIN_BYTES else "lz4"
+    return "zstd" if dtype_name in _FLOATS and nbytes >= ZSTD_MIN_BYTES else "lz4"
 
 
 def start_encode(words: np.ndarray, config: Config, dtype_name: str) -> codec.Encoding:
@@ -40,12 +40,12 @@ def start_encode(words: np.ndarray, config: Config, dtype_name: str) -> codec.En
 
 def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Storage:
     """Write a started encoding to the store; returns its record. Under ``auto``, floats
-    whose byte planes do not compress (random-looking data) are stored with blosc lz4,
-    which decodes them faster."""
+    that zstd does not shrink (random-looking data) are stored with lz4, which decodes them
+    faster."""
     if (
         config.compression == "auto"
-        and encoding.cname == "planes"
-        and encoding.size() > PLANES_MAX_RATIO * encoding.words.nbytes
+        and encoding.cname == "zstd"
+        and encoding.size() > ZSTD_MAX_RATIO * encoding.words.nbytes
     ):
         encoding = codec.Encoding(encoding.words, None, "lz4")
     return Dense(store.put(encoding.pieces()))  # streamed: one chunk at a time
