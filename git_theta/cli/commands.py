@@ -35,6 +35,7 @@ def _register() -> None:
         remote.checkout,
         maintenance.fsck,
         maintenance.gc,
+        maintenance.squash,
         merging.resolve,
         diffs.diff,
         diffs.log,

@@ -94,3 +94,29 @@ def gc(dry_run: bool, prune: str | None) -> None:
         report(f"would free {size_text(result.freed)}{kept}")
     else:
         report(f"freed {size_text(result.freed)} ({len(result.deleted)} files){kept}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
+def squash(paths: tuple[str, ...]) -> None:
+    """Store the staged checkpoints' tensors whole again, without chains of updates.
+
+    Every tensor of the checkpoints in the index (or those PATHs name) that is stored as
+    a chain of updates (xor, sparse) is rebuilt, checked against its hash and stored
+    dense, and the new manifest is staged; the tensors do not change. Commit to record
+    it. Once no kept commit needs the old chains (see `git theta gc`), their objects can
+    be deleted. Prints one line per checkpoint.
+    """
+    from git_theta import squash as squash_lib
+    from git_theta.repo import Repo
+
+    repo = Repo.open(Path.cwd())
+    for item in squash_lib.squash(repo, list(paths)):
+        if item.tensors:
+            plural = "s" if item.tensors != 1 else ""
+            click.echo(
+                f"{item.path}: {item.tensors} tensor{plural} stored whole (chains of up to "
+                f"{item.deepest} update{'s' if item.deepest != 1 else ''}); commit to record it"
+            )
+        else:
+            click.echo(f"{item.path}: every tensor is already stored whole")

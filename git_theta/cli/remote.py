@@ -65,7 +65,7 @@ def pre_push(remote: str, url: str) -> None:
     repo = Repo.open(Path.cwd())
     count = transfer.push_objects(repo, remote, updates.decode("utf-8", "surrogateescape"))
     if count:
-        report(f"uploaded the objects of {count} tensors to `{remote}`")
+        report(f"uploaded {count} object{'s' if count != 1 else ''} to `{remote}`")
     code = hooks.run_chained(repo.hooks_dir, repo.top, repo.uses_git_lfs, [remote, url], updates)
     if code:
         sys.exit(code)

@@ -1,8 +1,15 @@
 """Update encodings: how a tensor's record is turned into objects and back.
 
 One function per direction, dispatched on the record's type (``manifest.Storage``), so a new
-encoding (xor, sparse, low-rank, ia3) adds a record type and its branches here and leaves
-``filter.py`` alone. Today: ``dense``, the whole tensor in one object.
+encoding adds a record type and its branches here and leaves ``filter.py`` alone:
+
+- ``dense``: the whole tensor in one object.
+- ``xor``: the tensor's words XOR its base's words, in one object: bit-exact for any change,
+  and small when the change is (a fine-tune step keeps most sign and exponent bits).
+- ``sparse``: the positions and new values of the words that differ from the base's.
+
+A delta's base is the tensor of the same name in the manifest being replaced; its record
+carries the base's chain (``manifest.Delta``), at most ``theta.maxChainDepth`` updates long.
 """
 
 from __future__ import annotations
@@ -11,17 +18,36 @@ import numpy as np
 
 from git_theta import codec
 from git_theta.config import Config
-from git_theta.errors import ManifestError
-from git_theta.manifest import Dense, Storage, TensorRecord
-from git_theta.store import ObjectStore
+from git_theta.errors import CorruptObjectError, ManifestError, ThetaError
+from git_theta.manifest import (
+    Delta,
+    Dense,
+    Ia3,
+    LowRank,
+    Sparse,
+    Storage,
+    TensorRecord,
+    Xor,
+    depth,
+)
+from git_theta.store import ObjectRef, ObjectStore
 from git_theta.tensors import crc32, identity_hash, numel, word_dtype
 from git_theta.tensors import dtype as get_dtype
+from git_theta.updates import rebuild
 
 # ``auto``: zstd only for floats this big (below, lz4 is as small), and only when it saves
 # this fraction over storing the bytes (else lz4, which decodes faster)
 ZSTD_MIN_BYTES = 4096
 ZSTD_MAX_RATIO = 0.98
 _FLOATS = frozenset({"float64", "float32", "float16", "bfloat16", "complex64", "complex128"})
+# ``auto`` stores a delta only when it is at most this fraction of the dense tensor's size,
+# and does not encode the dense tensor when a delta is at most the second fraction of the
+# dense copy its chain starts from
+DELTA_MAX_RATIO = 0.8
+DELTA_SURE_RATIO = 0.5
+# ``auto`` tries ``sparse`` only when at most this fraction of the words changed (each costs
+# its value and a position: past it, xor or dense is smaller)
+SPARSE_MAX_FRACTION = 0.25
 
 
 def compressor(dtype_name: str, nbytes: int, config: Config) -> str:
@@ -38,17 +64,31 @@ def start_encode(words: np.ndarray, config: Config, dtype_name: str) -> codec.En
     return codec.Encoding(words, config.compression_level, cname)
 
 
-def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Storage:
-    """Write a started encoding to the store; returns its record. Under ``auto``, floats
-    that zstd does not shrink (random-looking data) are stored with lz4, which decodes them
-    faster."""
+def _settled(encoding: codec.Encoding, config: Config) -> codec.Encoding:
+    """Under ``auto``, floats that zstd does not shrink (random-looking data) are stored
+    with lz4, which decodes them faster."""
     if (
         config.compression == "auto"
         and encoding.cname == "zstd"
         and encoding.size() > ZSTD_MAX_RATIO * encoding.words.nbytes
     ):
-        encoding = codec.Encoding(encoding.words, None, "lz4")
-    return Dense(store.put(encoding.pieces()))  # streamed: one chunk at a time
+        return codec.Encoding(encoding.words, None, "lz4")
+    return encoding
+
+
+def finish(encoding: codec.Encoding, store: ObjectStore, config: Config) -> Storage:
+    """Write a started encoding to the store; returns its dense record."""
+    return Dense(store_encoding(encoding, store, config))
+
+
+def store_encoding(encoding: codec.Encoding, store: ObjectStore, config: Config) -> ObjectRef:
+    return store.put(_settled(encoding, config).pieces())  # streamed: one chunk at a time
+
+
+def sparse_index_dtype(words: int) -> np.dtype:
+    """The unsigned words carrying a sparse update's position gaps in a tensor of ``words``
+    words."""
+    return np.dtype("<u4") if words <= 1 << 32 else np.dtype("<u8")
 
 
 def store_tensor(
@@ -58,25 +98,182 @@ def store_tensor(
     store: ObjectStore,
     config: Config,
     digest: str | None = None,
+    base: TensorRecord | None = None,
 ) -> TensorRecord:
     """Encode and store a changed tensor's canonical ``words``; returns its record. The
     identity hash (unless ``digest`` already is it) and the CRC-32 are computed while
-    tensorstore's threads compress."""
-    encoding = start_encode(words, config, dtype_name)
+    tensorstore's threads compress.
+
+    ``base``: the record of the tensor's previous version, which delta encodings may apply
+    to (see ``theta.updateType``); it is used only when it has the same dtype and shape, its
+    chain is shorter than ``theta.maxChainDepth`` and it rebuilds from local, sound objects.
+    """
+    base_words = _base_words(dtype_name, shape, base, store, config)
+    if base_words is None or config.update_type == "dense":
+        encoding = start_encode(words, config, dtype_name)
+        if digest is None:
+            digest = identity_hash(dtype_name, shape, words)
+        crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
+        return TensorRecord(dtype_name, shape, digest, finish(encoding, store, config), crc)
+    assert base is not None
+    candidates = _deltas(words, base_words, dtype_name, config)
     if digest is None:
         digest = identity_hash(dtype_name, shape, words)
-    crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
-    return TensorRecord(dtype_name, shape, digest, finish(encoding, store, config), crc)
+    crc = crc32(words)
+    storage = _smallest(candidates, words, dtype_name, base, store, config)
+    return TensorRecord(dtype_name, shape, digest, storage, crc)
+
+
+def _deltas(
+    words: np.ndarray, base: np.ndarray, dtype_name: str, config: Config
+) -> list[tuple[str, list[codec.Encoding]]]:
+    """The delta encodings ``theta.updateType`` asks for, started."""
+    chosen = config.update_type
+    started: list[tuple[str, list[codec.Encoding]]] = []
+    if chosen in ("auto", "xor"):
+        started.append(("xor", [start_encode(np.bitwise_xor(words, base), config, dtype_name)]))
+    if chosen in ("auto", "sparse"):
+        positions = np.flatnonzero(words != base)
+        if chosen == "sparse" or 0 < positions.size <= SPARSE_MAX_FRACTION * words.size:
+            gaps = rebuild.gaps_of(positions, sparse_index_dtype(words.size))
+            values = np.ascontiguousarray(words[positions])
+            pieces = [codec.Encoding(gaps, None, "lz4"), start_encode(values, config, dtype_name)]
+            started.append(("sparse", pieces))
+    return started
+
+
+def _smallest(
+    candidates: list[tuple[str, list[codec.Encoding]]],
+    words: np.ndarray,
+    dtype_name: str,
+    base: TensorRecord,
+    store: ObjectStore,
+    config: Config,
+) -> Storage:
+    """Stores the smallest of the started deltas, or under ``auto`` the dense tensor when no
+    delta is much smaller: a delta ties the tensor to its base's objects (kept, and decoded
+    at checkout), so it is taken only at most ``DELTA_MAX_RATIO`` of the dense size. The
+    dense tensor is not encoded when a delta is at most ``DELTA_SURE_RATIO`` of the dense
+    copy at the root of the base's chain (the tensor's size when last stored whole)."""
+    sizes = {kind: sum(e.size() for e in pieces) for kind, pieces in candidates}
+    if not sizes:  # sparse asked for, nothing changed: impossible for a changed tensor
+        return finish(start_encode(words, config, dtype_name), store, config)
+    kind = min(sizes, key=lambda k: (sizes[k], k))
+    root = base.storage
+    while isinstance(root, Delta):
+        root = root.rest
+    if config.update_type == "auto" and sizes[kind] > DELTA_SURE_RATIO * sum(
+        o.size for o in root.objects
+    ):
+        dense = _settled(start_encode(words, config, dtype_name), config)
+        if sizes[kind] > DELTA_MAX_RATIO * dense.size():
+            return finish(dense, store, config)
+    pieces = dict(candidates)[kind]
+    own = tuple(store_encoding(e, store, config) for e in pieces)
+    if kind == "xor":
+        return Xor(own, base.hash, base.storage)
+    return Sparse(own, base.hash, base.storage, pieces[1].words.size)
+
+
+def _base_words(
+    dtype_name: str,
+    shape: tuple[int, ...],
+    base: TensorRecord | None,
+    store: ObjectStore,
+    config: Config,
+) -> np.ndarray | None:
+    """The base's words when a delta may apply to it, else None."""
+    if (
+        base is None
+        or config.update_type == "dense"
+        or (base.dtype, tuple(base.shape)) != (dtype_name, tuple(shape))
+        or depth(base.storage) >= config.max_chain_depth
+        or not all(store.is_sound(obj) for obj in base.objects)
+    ):
+        return None
+    try:
+        words = decode(base, store)
+    except ThetaError:
+        return None
+    if identity_hash(base.dtype, base.shape, words) != base.hash:
+        return None
+    return words
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
     """The tensor's canonical words (``tensors.word_dtype`` of its dtype), rebuilt from its
-    objects (which must be local). Raises CorruptObjectError for an object that does not
-    decode."""
+    objects (which must be local) by applying its chain from the dense root up. Raises
+    CorruptObjectError for an object that does not decode or an update that does not fit."""
     itemsize = get_dtype(record.dtype).itemsize
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
+    steps: list[Delta] = []
     storage = record.storage
-    if isinstance(storage, Dense):
-        return codec.decode(store.path(storage.object.oid), word, count)
-    raise ManifestError(f"encoding `{storage.encoding}` cannot be decoded: upgrade git-theta")
+    while isinstance(storage, Delta):
+        steps.append(storage)
+        storage = storage.rest
+    if not isinstance(storage, Dense):
+        raise ManifestError(f"encoding `{storage.encoding}` cannot be decoded: upgrade git-theta")
+    words = codec.decode(store.path(storage.object.oid), word, count)
+    if steps and not words.flags.writeable:
+        words = words.copy()
+    for step in reversed(steps):
+        words = _apply(step, words, tuple(record.shape), record.dtype, store)
+    return words
+
+
+def _apply(
+    step: Delta, words: np.ndarray, shape: tuple[int, ...], dtype_name: str, store: ObjectStore
+) -> np.ndarray:
+    """Applies one update of a chain to its base's ``words``; returns the new words (the
+    same array, changed in place, where the update allows)."""
+
+    def read(index: int, word: np.dtype, count: int) -> np.ndarray:
+        return codec.decode(store.path(step.own[index].oid), word, count)
+
+    if isinstance(step, Xor):
+        words ^= read(0, words.dtype, words.size)
+        return words
+    if isinstance(step, Sparse):
+        if step.changed > words.size:
+            raise CorruptObjectError(
+                f"sparse update changes {step.changed} words of a tensor of {words.size}"
+            )
+        gaps = read(0, sparse_index_dtype(words.size), step.changed)
+        rebuild.replace(words, gaps, read(1, words.dtype, step.changed))
+        return words
+    if isinstance(step, (LowRank, Ia3)):
+        if not (rebuild.is_float(step.factors) and rebuild.is_float(dtype_name)):
+            raise CorruptObjectError(
+                f"{step.encoding} update of {dtype_name} values with {step.factors} factors: "
+                "both must be floating-point"
+            )
+        if isinstance(step, LowRank) and len(shape) < 2:
+            raise CorruptObjectError("low-rank update of a tensor of fewer than 2 dimensions")
+        factor = get_dtype(step.factors)
+        fword = word_dtype(factor.itemsize)
+        if isinstance(step, LowRank):
+            rows, cols = rebuild.matrix_shape(shape)
+            r = rebuild.values(read(0, fword, rows * step.rank), step.factors)
+            c = rebuild.values(read(1, fword, step.rank * cols), step.factors)
+            words = rebuild.low_rank(
+                words,
+                dtype_name,
+                shape,
+                r.reshape(rows, step.rank),
+                c.reshape(step.rank, cols),
+                step.scale,
+            )
+        else:
+            s = rebuild.values(read(0, fword, numel(step.scale_shape)), step.factors)
+            words = rebuild.ia3(words, dtype_name, shape, s.reshape(step.scale_shape))
+        if step.corrected:
+            if step.corrected > words.size:
+                raise CorruptObjectError(
+                    f"update corrects {step.corrected} words of a tensor of {words.size}"
+                )
+            first = len(step.own) - 2
+            gaps = read(first, sparse_index_dtype(words.size), step.corrected)
+            rebuild.replace(words, gaps, read(first + 1, words.dtype, step.corrected))
+        return words
+    raise ManifestError(f"encoding `{step.encoding}` cannot be decoded: upgrade git-theta")
