@@ -26,6 +26,7 @@ def _weights(seed: int = 0) -> dict[str, np.ndarray]:
         "layers.0.v.weight": rng.standard_normal((64, 48)).astype(np.float32),
         "layers.0.bias": rng.standard_normal(64).astype(np.float32),
         "half.weight": rng.standard_normal((32, 40)).astype(ml_dtypes.bfloat16),
+        "double.weight": rng.standard_normal((32, 24)),
     }
 
 
@@ -187,17 +188,18 @@ def test_a_record_without_its_correction_fails_where_the_rebuild_differs(tracked
     assert record.encoding == "low-rank" and record.storage.corrected == 0  # type: ignore[attr-defined]
     assert len(record.storage.own) == 2  # type: ignore[attr-defined]
 
+    # float64: BLAS fuses each multiply-add, the float64 rebuild cannot: they differ
     rng = np.random.default_rng(4)
     update = {
-        "layers.0.q.weight/R": rng.standard_normal((64, 16)).astype(np.float32),
-        "layers.0.q.weight/C": rng.standard_normal((16, 48)).astype(np.float32),
+        "double.weight/R": rng.standard_normal((32, 16)),
+        "double.weight/C": rng.standard_normal((16, 24)),
     }
     _add_update(tracked, "low-rank", update)
     tracked.git("commit", "-qm", "low-rank")
     value = json.loads(tracked.blob("HEAD:model.safetensors"))
-    storage = value["tensors"]["layers.0.q.weight"]["storage"]
+    storage = value["tensors"]["double.weight"]["storage"]
     step = storage["chain"][0]
-    assert step["corrected"] > 0  # BLAS float32 against the float64 rebuild
+    assert step["corrected"] > 0
     # the correction dropped: the rebuild alone is not the tensor, and checkout says so
     del storage["objects"][2:4]
     step["corrected"], step["objects"] = 0, 2
@@ -218,7 +220,7 @@ def test_a_record_without_its_correction_fails_where_the_rebuild_differs(tracked
     proc = tracked.git("checkout", "--", "model.safetensors", check=False)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("git-theta: error:")]
-    assert len(lines) == 1 and "tensor `layers.0.q.weight`" in lines[0]
+    assert len(lines) == 1 and "tensor `double.weight`" in lines[0]
     assert "does not match its recorded hash" in lines[0]
     assert not (tracked.path / "model.safetensors").exists()  # never a wrong tensor
 

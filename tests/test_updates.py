@@ -411,7 +411,7 @@ def test_chains_push_clone_and_merge(shared: tuple[Repo, Path, LfsServer], tmp_p
 def test_the_rebuild_is_the_same_block_by_block(
     dtype_name: str, shape: tuple[int, ...], rank: int, scale: float, seed: int
 ) -> None:
-    from git_theta.methods import float_type, from_float64, to_float64
+    from git_theta.methods import float_type
     from git_theta.updates import rebuild
 
     rng = np.random.default_rng(seed)
@@ -433,13 +433,20 @@ def test_the_rebuild_is_the_same_block_by_block(
             rebuild.ia3(base, dtype_name, shape, s),
         )
     assert [w.tobytes() for w in whole] == [b.tobytes() for b in blocks]
-    # the float64 sums, in order, rounded once
-    total = np.zeros((rows, cols))
+    # each multiply-add of the product one fused float32 operation, in order (so numpy's
+    # OpenBLAS computes it here), the scale and the sum likewise, then the tensor's dtype
+    ct = np.float64 if dtype_name == "float64" else np.float32
+    total = np.zeros((rows, cols), dtype=ct)
     for k in range(rank):
-        total += np.multiply.outer(r[:, k].astype(np.float64), c[k].astype(np.float64))
+        exact = np.multiply.outer(r[:, k].astype(np.float64), c[k].astype(np.float64))
+        total = (exact + total).astype(ct)
     if scale != 1.0:
-        total *= scale
-    total += to_float64(base, dtype_name).reshape(rows, cols)
-    assert whole[0].tobytes() == from_float64(total.reshape(-1), dtype_name, base.dtype).tobytes()
-    product = to_float64(base, dtype_name).reshape(shape) * s.astype(np.float64)
-    assert whole[1].tobytes() == from_float64(product.reshape(-1), dtype_name, base.dtype).tobytes()
+        total = (total.astype(np.float64) * scale).astype(ct)
+    old = base.view(kind).reshape(rows, cols).astype(ct).astype(np.float64)
+    expected = (old + total).astype(ct).astype(kind)
+    assert whole[0].tobytes() == expected.tobytes()
+    if ct is np.float32:
+        blas = base.view(kind).reshape(rows, cols).astype(ct) + (r @ c) * np.float32(scale)
+        assert whole[0].tobytes() == blas.astype(kind).tobytes()
+    product = base.view(kind).reshape(shape).astype(ct) * s.astype(ct)
+    assert whole[1].tobytes() == product.astype(kind).tobytes()

@@ -201,10 +201,6 @@ def fit(
     return fitted
 
 
-def _compute_type(*dtypes: str) -> type:
-    return np.float64 if "float64" in dtypes else np.float32
-
-
 def build(
     name: str,
     dtype_name: str,
@@ -233,7 +229,7 @@ def build(
             f"update of `{name}`: its factors must share one floating-point dtype"
         )
     factors = next(iter(factor_types))
-    ct = _compute_type(dtype_name, factors)
+    ct = rebuild.compute_type(dtype_name, factors)
     old: np.ndarray = base_words.view(kind_of).reshape(shape)
     new_values: np.ndarray
     if kind == "low-rank":
@@ -338,7 +334,7 @@ def _sparse(
     old = base_words.view(numbers)
     row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(starts))
     flat = row_of * cols + indices.astype(np.int64)
-    ct = _compute_type(dtype_name, parts["data"].dtype) if kind is not None else old.dtype
+    ct = rebuild.compute_type(dtype_name, parts["data"].dtype) if kind is not None else old.dtype
     total = np.zeros(count, dtype=ct)
     np.add.at(total, flat, data.astype(ct))
     touched = np.unique(flat)

@@ -1,11 +1,15 @@
 """Rebuilding updates given as factors (low-rank, ia3) the same way on every machine.
 
-numpy's matrix product goes through BLAS, whose results differ between machines and
-libraries by an ulp here and there. The rebuild here does not: float64 values, one
-elementwise operation at a time in a fixed order (a rank-one outer product per factor
-column, summed in order), rounded once to the tensor's dtype. What it gets differently from
-the numpy reconstruction made at `git add` is recorded there as a correction: the positions
-and words to replace (``replace``).
+At `git add` the new tensor is what numpy computes: in float32 (float64 when the tensor or
+the factors are float64), the matrix product through BLAS, then rounded to the tensor's
+dtype. BLAS results depend on the library and the processor. The rebuild here does not: it
+computes each multiply-add of the product as one correctly rounded float32 operation, in
+the order of the rank (a fused multiply-add, as BLAS kernels on processors that have one do:
+the float64 product of two float32 values is exact, and is rounded once with the sum), then
+the scale and the sum with the base likewise, with numpy's elementwise operations, which
+are the same on every machine. (float64 tensors are rebuilt with float64 operations.) On
+this project's machine it matches numpy's OpenBLAS bit for bit; wherever it does not, the
+record carries a correction: the positions and words to replace (``replace``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from git_theta.errors import CorruptObjectError
-from git_theta.methods import float_type, from_float64, to_float64
+from git_theta.methods import float_type
+
+
+def compute_type(*dtype_names: str) -> type:
+    """The type numpy computes an update in: float64 when any dtype is, else float32."""
+    return np.float64 if "float64" in dtype_names else np.float32
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -34,13 +43,18 @@ def values(words: np.ndarray, dtype_name: str) -> np.ndarray:
     return words.view(kind)
 
 
-# float64 values worked on at once (the rebuild goes through a tensor in blocks of rows)
+# values worked on at once (the rebuild goes through a tensor in blocks of rows)
 BLOCK_VALUES = 1 << 22
 
 
-def _row_blocks(rows: int, per_row: int) -> range:
+def _row_blocks(rows: int, per_row: int) -> list[tuple[int, int]]:
     step = max(1, BLOCK_VALUES // max(1, per_row))
-    return range(0, rows, step)
+    return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+
+def _rounded(exact: np.ndarray, ct: type) -> np.ndarray:
+    """float64 values rounded once to the compute type."""
+    return exact.astype(ct) if ct is not np.float64 else exact
 
 
 def low_rank(
@@ -52,49 +66,41 @@ def low_rank(
     scale: float,
 ) -> np.ndarray:
     """base + (R @ C) * scale as words of ``dtype_name`` (``base``: the base's words; R and
-    C: float values, [rows, rank] and [rank, columns])."""
+    C: float values of one dtype, [rows, rank] and [rank, columns])."""
+    kind = float_type(dtype_name)
+    ct = compute_type(dtype_name, r.dtype.name)
     rows, cols = matrix_shape(shape)
-    c64 = c.astype(np.float64)
-    old = base.reshape(rows, cols) if rows else base
-    out = np.empty_like(base).reshape(rows, cols) if rows else np.empty_like(base)
-    for start in _row_blocks(rows, cols):
-        stop = min(rows, start + max(1, BLOCK_VALUES // max(1, cols)))
-        r64 = r[start:stop].astype(np.float64)
-        total = np.zeros((stop - start, cols))
-        term = np.empty((stop - start, cols))
-        for k in range(r64.shape[1]):
-            np.multiply(r64[:, k, None], c64[None, k, :], out=term)
-            total += term
+    old = values(base, dtype_name).reshape(rows, cols)
+    out = np.empty((rows, cols), dtype=kind)
+    c64 = c.astype(ct).astype(np.float64)
+    factor = ct(scale)
+    for start, stop in _row_blocks(rows, cols):
+        r64 = r[start:stop].astype(ct).astype(np.float64)
+        total: np.ndarray = np.zeros((stop - start, cols), dtype=ct)
+        for k in range(r64.shape[1]):  # total = fma(r[:, k], c[k], total), in order
+            total = _rounded(np.multiply(r64[:, k, None], c64[None, k, :]) + total, ct)
         if scale != 1.0:
-            total *= scale
-        total += to_float64(np.ascontiguousarray(old[start:stop]).reshape(-1), dtype_name).reshape(
-            stop - start, cols
-        )
-        out[start:stop] = from_float64(total.reshape(-1), dtype_name, base.dtype).reshape(
-            stop - start, cols
-        )
-    return out.reshape(-1)
+            total = _rounded(total.astype(np.float64) * float(factor), ct)
+        summed = _rounded(old[start:stop].astype(ct).astype(np.float64) + total, ct)
+        out[start:stop] = summed.astype(kind)
+    return out.reshape(-1).view(base.dtype)
 
 
 def ia3(base: np.ndarray, dtype_name: str, shape: tuple[int, ...], s: np.ndarray) -> np.ndarray:
     """base * s (s broadcast against the tensor) as words of ``dtype_name``."""
-    if not shape:
-        product = to_float64(base, dtype_name) * s.astype(np.float64).reshape(-1)
-        return from_float64(product, dtype_name, base.dtype)
-    rows = shape[0]
-    per_row = int(np.prod(shape[1:], dtype=np.int64))
-    full = s.reshape((1,) * (len(shape) - s.ndim) + s.shape)  # as many dimensions as the tensor
-    old = base.reshape(rows, per_row)
-    out = np.empty_like(old)
-    for start in _row_blocks(rows, per_row):
-        stop = min(rows, start + max(1, BLOCK_VALUES // max(1, per_row)))
+    kind = float_type(dtype_name)
+    ct = compute_type(dtype_name, s.dtype.name)
+    dims = shape or (1,)
+    rows, per_row = dims[0], int(np.prod(dims[1:], dtype=np.int64))
+    full: np.ndarray = s.reshape((1,) * (len(dims) - s.ndim) + s.shape).astype(ct)
+    old = values(base, dtype_name).reshape(rows, per_row)
+    out = np.empty((rows, per_row), dtype=kind)
+    for start, stop in _row_blocks(rows, per_row):
         part = full if full.shape[0] == 1 else full[start:stop]
-        values = to_float64(np.ascontiguousarray(old[start:stop]).reshape(-1), dtype_name)
-        product = values.reshape((stop - start, *shape[1:])) * part.astype(np.float64)
-        out[start:stop] = from_float64(product.reshape(-1), dtype_name, base.dtype).reshape(
-            stop - start, per_row
-        )
-    return out.reshape(-1)
+        block: np.ndarray = old[start:stop].astype(ct).reshape((stop - start, *dims[1:]))
+        product = _rounded(block.astype(np.float64) * part.astype(np.float64), ct)
+        out[start:stop] = product.astype(kind).reshape(stop - start, per_row)
+    return out.reshape(-1).view(base.dtype)
 
 
 def positions(gaps: np.ndarray, count: int) -> np.ndarray:
