@@ -230,8 +230,16 @@ def smudge(
             loader.cancel()
 
 
+# tensors decoded ahead of the writer: at most this many, holding at most these bytes beyond
+# the loader's window
+AHEAD_MOST = 256
+AHEAD_BYTES = 256 << 20
+
+
 class _AheadLoader:
-    """Decodes tensors on a pool, a bounded number ahead of the writer, in its order."""
+    """Decodes tensors on a pool ahead of the writer, in its order: ``window`` tensors,
+    and more while those decoded and not yet written hold at most ``AHEAD_BYTES`` (so the
+    pool goes on with small tensors while the writer waits for a large one)."""
 
     def __init__(
         self,
@@ -254,11 +262,14 @@ class _AheadLoader:
         self._done: set[str] = set()
 
     def _submit_ahead(self) -> None:
-        while self._next < len(self.order) and len(self._pending) < self.window:
+        while self._next < len(self.order) and len(self._pending) < AHEAD_MOST:
             name = self.order[self._next]
+            record = self.manifest.tensors[name]
+            ahead = sum(self.manifest.tensors[n].nbytes for n in self._pending)
+            if len(self._pending) >= self.window and ahead + record.nbytes > AHEAD_BYTES:
+                return
             self._next += 1
             if name not in self._pending and name not in self._done:
-                record = self.manifest.tensors[name]
                 self._pending[name] = self.pool.submit(load_tensor, name, record, self.store)
 
     def load(self, name: str) -> np.ndarray:

@@ -195,10 +195,12 @@ def test_auto_stores_the_smallest_and_chains_stop_at_their_depth(tmp_path: Path)
     sparse_step = weights.copy()
     sparse_step[rng.choice(weights.size, 1000, replace=False)] += 0.5
     moved = sparse_step * np.float32(1.001)  # every weight moves a little: xor
+    # moved again: a second XOR would make the chain's updates outweigh the dense copy
+    again = moved * np.float32(1.001)
     fresh = rng.standard_normal(100_000).astype(np.float32)  # re-initialised: dense
-    versions = [v.view(np.uint32) for v in (weights, sparse_step, moved, fresh)]
+    versions = [v.view(np.uint32) for v in (weights, sparse_step, moved, again, fresh)]
     records = store_versions(versions, "float32", store)
-    assert [r.encoding for r in records] == ["dense", "sparse", "xor", "dense"]
+    assert [r.encoding for r in records] == ["dense", "sparse", "xor", "dense", "dense"]
     sizes = [sum(o.size for o in r.storage.own) for r in records[1:3]]  # type: ignore[attr-defined]
     assert sizes[0] < 0.02 * weights.nbytes and sizes[1] < 0.7 * weights.nbytes
 

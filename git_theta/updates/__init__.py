@@ -45,6 +45,11 @@ _FLOATS = frozenset({"float64", "float32", "float16", "bfloat16", "complex64", "
 # dense copy its chain starts from
 DELTA_MAX_RATIO = 0.8
 DELTA_SURE_RATIO = 0.5
+# ``auto`` ends a chain (stores the tensor whole) when its updates would hold more than this
+# fraction of the dense copy they start from: a checkout then reads at most about twice the
+# tensor's dense size (8 steps of 1% changes stay one chain; fine-tuning steps that move
+# every weight, each an XOR of 59% of float32, alternate with dense copies)
+CHAIN_MAX_RATIO = 1.0
 # ``auto`` tries ``sparse`` only when at most this fraction of the words changed (each costs
 # its value and a position: past it, xor or dense is smaller)
 SPARSE_MAX_FRACTION = 0.25
@@ -152,9 +157,10 @@ def _smallest(
 ) -> Storage:
     """Stores the smallest of the started deltas, or under ``auto`` the dense tensor when no
     delta is much smaller: a delta ties the tensor to its base's objects (kept, and decoded
-    at checkout), so it is taken only at most ``DELTA_MAX_RATIO`` of the dense size. The
-    dense tensor is not encoded when a delta is at most ``DELTA_SURE_RATIO`` of the dense
-    copy at the root of the base's chain (the tensor's size when last stored whole)."""
+    at checkout), so it is taken only at most ``DELTA_MAX_RATIO`` of the dense size, and
+    only while the chain's updates stay within ``CHAIN_MAX_RATIO`` of the dense copy at its
+    root (the tensor's size when last stored whole). The dense tensor is not encoded when a
+    delta is at most ``DELTA_SURE_RATIO`` of that copy."""
     sizes = {kind: sum(e.size() for e in pieces) for kind, pieces in candidates}
     if not sizes:  # sparse asked for, nothing changed: impossible for a changed tensor
         return finish(start_encode(words, config, dtype_name), store, config)
@@ -162,9 +168,11 @@ def _smallest(
     root = base.storage
     while isinstance(root, Delta):
         root = root.rest
-    if config.update_type == "auto" and sizes[kind] > DELTA_SURE_RATIO * sum(
-        o.size for o in root.objects
-    ):
+    root_size = sum(o.size for o in root.objects)
+    chained = sum(o.size for o in base.objects) - root_size
+    if config.update_type == "auto" and chained + sizes[kind] > CHAIN_MAX_RATIO * root_size:
+        return finish(start_encode(words, config, dtype_name), store, config)
+    if config.update_type == "auto" and sizes[kind] > DELTA_SURE_RATIO * root_size:
         dense = _settled(start_encode(words, config, dtype_name), config)
         if sizes[kind] > DELTA_MAX_RATIO * dense.size():
             return finish(dense, store, config)
