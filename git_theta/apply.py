@@ -62,7 +62,11 @@ def add_update(repo: Repo, pathspec: str, kind: str, data: Path) -> Applied:
         raise UsageError(f"{path}: no such file in the work tree")
     checkpoint = formats.detect(src, path).read(src, path)
     shapes = {n: (t.dtype, tuple(t.shape)) for n, t in checkpoint.tensors.items()}
-    updates = given_lib.fit(given_lib.read(data, kind), shapes)
+    given = given_lib.read(data, kind)  # its errors name the file
+    try:
+        updates = given_lib.fit(given, shapes)
+    except given_lib.UpdateDataError as exc:
+        raise given_lib.UpdateDataError(f"{data.name}: {exc}") from exc
     for name in updates:
         if name not in old.tensors:
             raise given_lib.UpdateDataError(
@@ -82,9 +86,12 @@ def add_update(repo: Repo, pathspec: str, kind: str, data: Path) -> Applied:
         base = old.tensors[name]
         words = load_tensor(name, base, store)
         dtype_name, shape = shapes[name]
-        records[name] = given_lib.build(
-            name, dtype_name, shape, kind, update, base, words, store, config
-        )
+        try:
+            records[name] = given_lib.build(
+                name, dtype_name, shape, kind, update, base, words, store, config
+            )
+        except given_lib.UpdateDataError as exc:
+            raise given_lib.UpdateDataError(f"{data.name}: {exc}") from exc
     staged = repo.git(["cat-file", "blob", entry.blob]).stdout
     manifest_bytes = clean(src, staged, store, config, path, overrides=records)
     manifest = Manifest.from_bytes(manifest_bytes)

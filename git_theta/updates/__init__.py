@@ -132,19 +132,41 @@ def store_tensor(
 def _deltas(
     words: np.ndarray, base: np.ndarray, dtype_name: str, config: Config
 ) -> list[tuple[str, list[codec.Encoding]]]:
-    """The delta encodings ``theta.updateType`` asks for, started."""
+    """The delta encodings ``theta.updateType`` asks for, started. Under ``auto``, xor is
+    tried only when a sample of it compresses well against the same sample stored whole,
+    and sparse only when few words changed."""
     chosen = config.update_type
     started: list[tuple[str, list[codec.Encoding]]] = []
-    if chosen in ("auto", "xor"):
+    if chosen == "xor" or (chosen == "auto" and _xor_promising(words, base, config, dtype_name)):
         started.append(("xor", [start_encode(np.bitwise_xor(words, base), config, dtype_name)]))
     if chosen in ("auto", "sparse"):
-        positions = np.flatnonzero(words != base)
-        if chosen == "sparse" or 0 < positions.size <= SPARSE_MAX_FRACTION * words.size:
+        differs = words != base
+        count = int(np.count_nonzero(differs))
+        if chosen == "sparse" or 0 < count <= SPARSE_MAX_FRACTION * words.size:
+            positions = np.flatnonzero(differs)
+            del differs
             gaps = rebuild.gaps_of(positions, sparse_index_dtype(words.size))
             values = np.ascontiguousarray(words[positions])
             pieces = [codec.Encoding(gaps, None, "lz4"), start_encode(values, config, dtype_name)]
             started.append(("sparse", pieces))
     return started
+
+
+# words of a tensor sampled to judge whether its XOR with the base is worth encoding whole
+XOR_SAMPLE_WORDS = 1 << 16
+
+
+def _xor_promising(words: np.ndarray, base: np.ndarray, config: Config, dtype_name: str) -> bool:
+    """Whether a stretch from the middle of the tensor XOR its base compresses to less than
+    ``DELTA_MAX_RATIO`` of the stretch stored whole (a tensor every bit of which changed, or
+    one drawn anew, is not worth a second full encoding)."""
+    if words.size <= 4 * XOR_SAMPLE_WORDS:
+        return True  # small: encoding it whole costs little more than judging it
+    start = (words.size - XOR_SAMPLE_WORDS) // 2
+    sample = words[start : start + XOR_SAMPLE_WORDS]
+    mixed = np.bitwise_xor(sample, base[start : start + XOR_SAMPLE_WORDS])
+    dense = start_encode(np.ascontiguousarray(sample), config, dtype_name).size()
+    return start_encode(mixed, config, dtype_name).size() <= DELTA_MAX_RATIO * dense
 
 
 def _smallest(
