@@ -452,3 +452,48 @@ def test_the_rebuild_is_the_same_block_by_block(
         assert whole[0].tobytes() == blas.astype(kind).tobytes()
     product = base.view(kind).reshape(shape).astype(ct) * s.astype(ct)
     assert whole[1].tobytes() == product.astype(kind).tobytes()
+
+
+def test_factored_records_that_do_not_fit_their_tensor_are_refused(tmp_path: Path) -> None:
+    from git_theta.manifest import Ia3, LowRank
+
+    store = ObjectStore(tmp_path)
+    config = theta_config.load({})
+    base = store_versions([words_of("float32", 20, 1)], "float32", store)[0]
+
+    def stored(values: np.ndarray) -> ObjectRef:
+        words = values.astype(np.float32).view(np.uint32).reshape(-1)
+        return updates.finish(
+            updates.start_encode(words, config, "float32"), store, config
+        ).objects[0]
+
+    s = stored(np.ones(7))
+    r, c = stored(np.ones((4, 2))), stored(np.ones((2, 5)))
+    cases = [
+        (
+            (4, 5),
+            Ia3((s,), base.hash, base.storage, "float32", 0, scale_shape=(7,)),
+            "does not broadcast",
+        ),
+        (
+            (4, 5),
+            LowRank((r, c), base.hash, base.storage, "int32", 0, rank=2),
+            "must be floating-point",
+        ),
+        (
+            (20,),
+            LowRank((r, c), base.hash, base.storage, "float32", 0, rank=2),
+            "fewer than 2 dimensions",
+        ),
+        (
+            (4, 5),
+            LowRank((r, c), base.hash, base.storage, "float32", 0, rank=3),
+            "expected uint32[12]",
+        ),
+    ]
+    for shape, storage, message in cases:
+        record = TensorRecord("float32", shape, base.hash, storage)
+        with pytest.raises(
+            CorruptObjectError, match=message.replace("[", r"\[").replace("]", r"\]")
+        ):
+            updates.decode(record, store)

@@ -295,6 +295,11 @@ def _apply(
                 step.scale,
             )
         else:
+            if not rebuild.broadcasts(step.scale_shape, shape):
+                raise CorruptObjectError(
+                    f"ia3 scale of shape {list(step.scale_shape)} does not broadcast to the "
+                    f"tensor's {list(shape)}"
+                )
             s = rebuild.values(read(0, fword, numel(step.scale_shape)), step.factors)
             words = rebuild.ia3(words, dtype_name, shape, s.reshape(step.scale_shape))
         if step.corrected:

@@ -250,7 +250,7 @@ def build(
         own = [r, c]
     else:
         s = parts["ia3"].values
-        if s.ndim > len(shape) or np.broadcast_shapes(s.shape, shape) != tuple(shape):
+        if not rebuild.broadcasts(tuple(s.shape), tuple(shape)):
             raise UpdateDataError(
                 f"update of `{name}` {list(shape)}: ia3 scale {list(s.shape)} does not "
                 "broadcast to it"

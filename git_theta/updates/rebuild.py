@@ -31,6 +31,13 @@ def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return rows, int(np.prod(shape[1:], dtype=np.int64)) if rows else 0
 
 
+def broadcasts(small: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether an array of shape ``small`` broadcasts to ``shape`` (and no further)."""
+    if len(small) > len(shape):
+        return False
+    return all(s in (1, d) for s, d in zip(small[::-1], shape[::-1], strict=False))
+
+
 def is_float(dtype_name: str) -> bool:
     """Whether the updates here apply to values of ``dtype_name`` (real floating point)."""
     return float_type(dtype_name) is not None
