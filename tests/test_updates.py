@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -276,6 +277,15 @@ def test_commits_store_only_the_change_and_every_version_checks_out(tmp_path: Pa
     assert repo.theta("fsck", "--all").returncode == 0
     diff = repo.theta("diff", "HEAD~1", "HEAD").stdout
     assert "modified" in diff and "w0" in diff
+    (line,) = [
+        ln
+        for ln in repo.theta("show", "HEAD:model.safetensors").stdout.splitlines()
+        if ln.startswith("w0 ")
+    ]
+    size = r"[\d.]+ (B|KiB|MiB)"
+    assert re.fullmatch(
+        rf"w0  float32  \[256, 256\]  sparse \(3 updates deep\)  {size} of {size}", line
+    )
 
 
 def _fine_tune(weights: dict[str, np.ndarray], seed: int, names: list[str] | None = None) -> None:

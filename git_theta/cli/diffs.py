@@ -226,10 +226,14 @@ def log(ctx: click.Context, revs: tuple[str, ...]) -> None:
 def show(spec: str) -> None:
     """The tensors of a checkpoint: [REV:]PATH (default: the index's version).
 
-    One line per tensor: name, dtype, shape, encoding and stored size; then totals.
+    One line per tensor: name, dtype, shape, encoding and stored size; then totals. A
+    tensor stored as an update (xor, sparse, low-rank, ia3) shows how many updates lie
+    between it and a dense copy, and the size of its own objects with, after `of`, that
+    of its whole chain.
     """
     from git_theta import diffs as diffs_lib
     from git_theta.formats import pytorch
+    from git_theta.manifest import Delta, depth
     from git_theta.repo import Repo
 
     repo = Repo.open(Path.cwd())
@@ -237,11 +241,16 @@ def show(spec: str) -> None:
     click.echo(f"{where} ({manifest.format['name']}, {len(manifest.tensors)} tensors)")
     views = pytorch.views(manifest.format) if manifest.format["name"] == "pytorch" else {}
     for name, record in manifest.tensors.items():
-        stored = sum(o.size for o in record.objects)
+        stored = size_text(sum(o.size for o in record.objects))
+        encoding = record.encoding
+        if isinstance(record.storage, Delta):
+            steps = depth(record.storage)
+            encoding += f" ({steps} update{'s' if steps != 1 else ''} deep)"
+            stored = f"{size_text(sum(o.size for o in record.storage.own))} of {stored}"
         shape = f"{list(record.shape)}"
         if name in views:  # stored as the span of elements a repeating view covers
             shape += f" viewed as {views[name]}"
-        click.echo(f"{name}  {record.dtype}  {shape}  {record.encoding}  {size_text(stored)}")
+        click.echo(f"{name}  {record.dtype}  {shape}  {encoding}  {stored}")
     click.echo(
         f"total: {len(manifest.tensors)} tensors, {size_text(manifest.logical_size())} "
         f"logical, {size_text(manifest.stored_size())} stored"
