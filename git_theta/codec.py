@@ -107,6 +107,19 @@ def _spec(words: int, word: np.dtype, clevel: int, cname: str = "lz4") -> dict:
     }
 
 
+_import_lock = threading.Lock()
+
+
+def _tensorstore() -> Any:
+    """tensorstore, imported on first use (a checkout that decodes with c-blosc never needs
+    it), by one thread at a time: threads importing it at once could see it half-made, and
+    a broken install must fail each of them with its own ImportError."""
+    with _import_lock:
+        import tensorstore
+
+    return tensorstore
+
+
 def encode(
     words: np.ndarray, clevel: int | None = None, cname: str = "lz4"
 ) -> Iterator[bytes | memoryview]:
@@ -124,7 +137,7 @@ class Encoding:
     ``words`` must not change until then."""
 
     def __init__(self, words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> None:
-        import tensorstore as ts
+        ts = _tensorstore()
 
         if cname not in COMPRESSORS:
             raise ValueError(f"unknown compressor {cname!r} (use {' or '.join(COMPRESSORS)})")
@@ -144,7 +157,7 @@ class Encoding:
 
     def _keys(self) -> Any:
         """The finished array's key-value store (``zarr.json`` and the compressed chunks)."""
-        import tensorstore as ts
+        ts = _tensorstore()
 
         if self._written is not None:
             self._written.result()
@@ -227,7 +240,7 @@ def decode_pieces(path: Path, word: np.dtype, words: int, piece: int) -> Iterato
 
 def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
     """The tensorstore array of a blob, checked to hold ``words`` words of type ``word``."""
-    import tensorstore as ts
+    ts = _tensorstore()
 
     context = ts.Context()
     base: dict[str, Any]
@@ -254,6 +267,12 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
             f"expected {word.name}[{words}]"
         )
     _check_budget(word, words)
+    rows = [int(n or 0) for n in array.chunk_layout.read_chunk.shape or (0,)][0]
+    if rows > max(words, 1):  # decoded whole, whatever the tensor's size
+        raise CorruptObjectError(
+            f"object's chunks hold {rows} words each, more than its {words}: it is damaged or "
+            "hostile"
+        )
     _check_chunks(array.kvstore, array, words)
     return array
 
@@ -318,7 +337,7 @@ def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
 # an object this small is read whole, in one call; a larger one member by member
 _READ_WHOLE = 4 << 20
 _END = struct.Struct("<4s6xHII H")  # end of central directory: entries, size, offset, comment
-_CENTRAL = struct.Struct("<4s6xH8xIIHHH8xI")  # method, sizes, name/extra/comment, offset
+_CENTRAL = struct.Struct("<4s4xHH8xIIHHH8xI")  # flags, method, sizes, name/extra/note, offset
 
 
 class _Archive:
@@ -362,11 +381,13 @@ class _Archive:
                 table = self._read(cd_offset, cd_size)
                 entries, pos = {}, 0
                 for _ in range(count):
-                    sig, method, packed, size, name_len, extra_len, note_len, offset = (
+                    sig, flags, method, packed, size, name_len, extra_len, note_len, offset = (
                         _CENTRAL.unpack_from(table, pos)
                     )
                     if sig != b"PK\x01\x02" or _SENTINEL in (packed, size, offset):
                         break  # ZIP64 or not a central header: zipfile reads it
+                    if flags & 1:  # encrypted: not an object git-theta wrote
+                        method = -1
                     name = table[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
                     entries[name.decode("utf-8", "replace")] = (offset, method, packed, size)
                     pos += _CENTRAL.size + name_len + extra_len + note_len
@@ -376,7 +397,12 @@ class _Archive:
         self.f.seek(0)
         with zipfile.ZipFile(self.f) as archive:
             return {
-                i.filename: (i.header_offset, i.compress_type, i.compress_size, i.file_size)
+                i.filename: (
+                    i.header_offset,
+                    -1 if i.flag_bits & 1 else i.compress_type,
+                    i.compress_size,
+                    i.file_size,
+                )
                 for i in archive.infolist()
             }
 
@@ -427,7 +453,8 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
     grid = m.get("chunk_grid")
     chunk = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
     rows = chunk[0] if isinstance(chunk, list) and len(chunk) == 1 else None
-    if type(rows) is not int or rows < 1 or words == 0:
+    # git-theta never writes a chunk longer than the tensor: one would be decoded whole
+    if type(rows) is not int or rows < 1 or words == 0 or rows > words:
         return None
     codecs = m.get("codecs")
     expected = {
@@ -450,7 +477,7 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
         not in ({"name": "default"}, {"name": "default", "configuration": {"separator": "/"}})
         or not isinstance(codecs, list)
         or len(codecs) != 2
-        or codecs[0] not in (little, {"name": "bytes"})
+        or codecs[0] not in (little, *([{"name": "bytes"}] if word.itemsize == 1 else []))
         or not isinstance(codecs[1], dict)
         or codecs[1].get("name") != "blosc"
     ):
@@ -471,7 +498,7 @@ def _unblosc(data: bytes, out: np.ndarray) -> bool:
             _blosc_set = True
     try:
         return bool(blosc.decompress_ptr(data, out.ctypes.data) == out.nbytes)
-    except (RuntimeError, ValueError, TypeError):
+    except Exception:  # python-blosc's own error class derives from Exception only
         return False
 
 

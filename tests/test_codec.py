@@ -524,3 +524,38 @@ def test_a_stored_object_not_exactly_as_written_is_left_to_tensorstore(
     assert codec._direct(path, words.dtype, words.size) is None
     with pytest.raises(CorruptObjectError):
         codec.decode(path, words.dtype, words.size)
+
+
+def test_damaged_chunks_and_overlong_chunks_get_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "object"
+    # a chunk whose header is intact but whose compressed data is not: c-blosc refuses it
+    # (its error class is not a RuntimeError), tensorstore reports it
+    many = np.arange(300_000, dtype="<u4")
+    blob = blob_of(many, cname="zstd")
+    chunk = bytearray(codec._unpack(blob)[b"c/0"])
+    chunk[16:40] = bytes(24)
+    path.write_bytes(_rezipped(blob, {"c/0": bytes(chunk)}))
+    assert codec._direct(path, many.dtype, many.size) is None
+    with pytest.raises(CorruptObjectError, match="object cannot be decoded"):
+        codec.decode(path, many.dtype, many.size)
+
+    monkeypatch.setattr(codec, "CHUNK_BYTES", 64)
+    words = np.arange(40, dtype="<u4")
+    blob = blob_of(words, cname="zstd")
+
+    # chunks claimed longer than the tensor would be decoded whole: refused
+    meta = json.loads(codec._unpack(blob)[b"zarr.json"])
+    meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 20]
+    path.write_bytes(_rezipped(blob, {"zarr.json": json.dumps(meta).encode()}))
+    assert codec._direct(path, words.dtype, words.size) is None
+    with pytest.raises(CorruptObjectError, match="chunks hold 1048576 words each, more than"):
+        codec.decode(path, words.dtype, words.size)
+
+    # a member flagged as encrypted is not git-theta's
+    flagged = bytearray(blob)
+    central = flagged.find(b"PK\x01\x02")
+    flagged[central + 8] |= 1
+    path.write_bytes(bytes(flagged))
+    assert codec._direct(path, words.dtype, words.size) is None

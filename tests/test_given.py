@@ -247,6 +247,13 @@ def test_a_record_without_its_correction_fails_where_the_rebuild_differs(tracked
             "`layers.0.bias` has 1 dimensions: low-rank needs 2 or more",
         ),
         ({"layers.0.q.weight/R": np.ones((64, 4), np.float32)}, "has no `layers.0.q.weight/C`"),
+        (
+            {
+                "layers.0.q.weight/R": np.ones((64, 0), np.float32),
+                "layers.0.q.weight/C": np.ones((0, 48), np.float32),
+            },
+            "update of `layers.0.q.weight`: rank 0 (1 to 2**20 supported)",
+        ),
     ],
 )
 def test_an_update_that_does_not_fit_is_one_line_and_stages_nothing(
@@ -277,3 +284,44 @@ def test_update_type_without_data_sets_the_policy_for_one_add(tracked: Repo) -> 
     assert manifest.tensors["layers.0.q.weight"].encoding == "xor"
     proc = tracked.theta("add", "--update-type", "ia3", "model.safetensors", check=False)
     assert proc.returncode == 2 and "low-rank and ia3 need --update-data" in proc.stderr
+
+
+def test_a_sparse_difference_of_zeros_changes_nothing_and_a_bad_adapter_is_one_line(
+    tracked: Repo,
+) -> None:
+    index = tracked.git("ls-files", "-s").stdout
+    zeros = {
+        "layers.0.q.weight/data": np.zeros(2, np.float32),
+        "layers.0.q.weight/indices": np.array([1, 5], dtype=np.int64),
+        "layers.0.q.weight/indptr": np.array([0, 2], dtype=np.int64),
+    }
+    _add_update(tracked, "sparse", zeros)
+    assert tracked.git("ls-files", "-s").stdout == index  # the same manifest, staged again
+    assert tracked.status() == ""
+
+    adapter = tracked.path.parent / "adapter"
+    adapter.mkdir()
+    save_file(
+        {
+            "base_model.model.layers.0.q.lora_A.weight": np.ones((4, 48), np.float32),
+            "base_model.model.layers.0.q.lora_B.weight": np.ones((64, 4), np.float32),
+        },
+        str(adapter / "adapter_model.safetensors"),
+    )
+    for alpha in ("Infinity", "NaN", "1" + "0" * 400):
+        (adapter / "adapter_config.json").write_text(f'{{"r": 4, "lora_alpha": {alpha}}}')
+        proc = tracked.theta(
+            "add",
+            "model.safetensors",
+            "--update-type",
+            "low-rank",
+            "--update-data",
+            str(adapter),
+            check=False,
+        )
+        assert proc.returncode == 2
+        assert proc.stderr == (
+            f"git-theta: error: {adapter / 'adapter_config.json'}: `lora_alpha` / `r` is not "
+            "a finite number\n"
+        )
+    assert tracked.git("ls-files", "-s").stdout == index

@@ -142,7 +142,7 @@ def _deltas(
     if chosen in ("auto", "sparse"):
         differs = words != base
         count = int(np.count_nonzero(differs))
-        if chosen == "sparse" or 0 < count <= SPARSE_MAX_FRACTION * words.size:
+        if count > 0 and (chosen == "sparse" or count <= SPARSE_MAX_FRACTION * words.size):
             positions = np.flatnonzero(differs)
             del differs
             gaps = rebuild.gaps_of(positions, sparse_index_dtype(words.size))

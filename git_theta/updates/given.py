@@ -139,16 +139,27 @@ def _peft(folder: Path, config_path: Path) -> dict[str, Given]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         rank, alpha = config["r"], config.get("lora_alpha", config["r"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise UpdateDataError(f"{config_path}: not a LoRA adapter config ({exc})") from exc
-    if not isinstance(rank, int) or rank < 1 or not isinstance(alpha, (int, float)):
+    if (
+        isinstance(rank, bool)
+        or not isinstance(rank, int)
+        or rank < 1
+        or isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+    ):
         raise UpdateDataError(f"{config_path}: `r` and `lora_alpha` must be numbers")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise UpdateDataError(
             f"{config_path}: per-module ranks or alphas (rank_pattern, alpha_pattern) are not "
             "supported: merge the adapter with PEFT and `git add` the result"
         )
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    try:
+        scale = float(alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank)
+    except OverflowError:
+        scale = math.inf
+    if not math.isfinite(scale):
+        raise UpdateDataError(f"{config_path}: `lora_alpha` / `r` is not a finite number")
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
         weights = folder / "adapter_model.bin"
@@ -170,7 +181,7 @@ def _peft(folder: Path, config_path: Path) -> dict[str, Given]:
             r, c = Array(a.dtype, a.values.T), Array(b.dtype, b.values.T)
         else:
             r, c = b, a
-        given[module] = Given({"R": r, "C": c}, float(scale))
+        given[module] = Given({"R": r, "C": c}, scale)
     return given
 
 
@@ -218,6 +229,8 @@ def build(
     kind_of = float_type(dtype_name)
     if kind == "sparse":
         new = _sparse(name, dtype_name, shape, update, base_words)
+        if np.array_equal(new, base_words):
+            return base  # the difference changes nothing
         sparse = dataclasses.replace(config, update_type="sparse")
         return store_tensor(dtype_name, shape, new, store, sparse, base=base)
     if kind_of is None:
@@ -237,6 +250,8 @@ def build(
         if len(shape) < 2:
             raise UpdateDataError(f"`{name}` has {len(shape)} dimensions: low-rank needs 2 or more")
         rows, cols = rebuild.matrix_shape(shape)
+        if r.ndim == 2 and not 1 <= r.shape[1] <= 1 << 20:
+            raise UpdateDataError(f"update of `{name}`: rank {r.shape[1]} (1 to 2**20 supported)")
         if r.ndim != 2 or c.ndim != 2 or r.shape[0] != rows or c.shape != (r.shape[1], cols):
             raise UpdateDataError(
                 f"update of `{name}` {list(shape)}: R {list(r.shape)} @ C {list(c.shape)} does "
@@ -311,6 +326,8 @@ def _sparse(
         raise UpdateDataError(f"update of `{name}`: indices and indptr must be integers")
     rows = indptr.size - 1
     if "shape" in parts:
+        if parts["shape"].values.dtype.kind not in "iu":
+            raise UpdateDataError(f"update of `{name}`: its CSR shape must be integers")
         declared = [int(d) for d in parts["shape"].values.reshape(-1)]
         if len(declared) != 2 or declared[0] != rows or declared[0] * declared[1] != count:
             raise UpdateDataError(
