@@ -137,8 +137,7 @@ def _deltas(
     and sparse only when few words changed."""
     chosen = config.update_type
     started: list[tuple[str, list[codec.Encoding]]] = []
-    if chosen == "xor" or (chosen == "auto" and _xor_promising(words, base, config, dtype_name)):
-        started.append(("xor", [start_encode(np.bitwise_xor(words, base), config, dtype_name)]))
+    xor = chosen == "xor" or (chosen == "auto" and _xor_promising(words, base, config, dtype_name))
     if chosen in ("auto", "sparse"):
         differs = words != base
         count = int(np.count_nonzero(differs))
@@ -149,6 +148,9 @@ def _deltas(
             values = np.ascontiguousarray(words[positions])
             pieces = [codec.Encoding(gaps, None, "lz4"), start_encode(values, config, dtype_name)]
             started.append(("sparse", pieces))
+    if xor:  # into the base's words, which nothing needs after this: one tensor less held
+        mixed = np.bitwise_xor(words, base, out=base if base.flags.writeable else None)
+        started.insert(0, ("xor", [start_encode(mixed, config, dtype_name)]))
     return started
 
 
