@@ -55,22 +55,37 @@ def get(name: str) -> Format:
             "that provides it, or upgrade git-theta"
         ) from None
     module, _, attr = target.partition(":")
-    fmt: Format = getattr(importlib.import_module(module), attr)()
-    return fmt
+    if name in _BUILTIN:
+        fmt: Format = getattr(importlib.import_module(module), attr)()
+        return fmt
+    try:  # a plugin's own code: whatever goes wrong there is named as the plugin's
+        plugin: Format = getattr(importlib.import_module(module), attr)()
+    except Exception as exc:
+        raise UnsupportedError(
+            f"checkpoint format plugin `{name}` ({target}) cannot be loaded "
+            f"({type(exc).__name__}: {exc}): fix or uninstall it"
+        ) from exc
+    return plugin
 
 
 def detect(path: Path, display_name: str) -> Format:
-    """The format of the file at ``path``, from its content (never from its name)."""
+    """The format of the file at ``path``, from its content (never from its name): every
+    registered format, built-in or plugin, is asked whether it claims the file; exactly one
+    must."""
     size = path.stat().st_size
     if size == 0:
         raise NotACheckpointError(display_name, "the file is empty")
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    for group in (lambda: _BUILTIN, _plugins):  # plugins are scanned only if no built-in matches
-        for name in group():
-            fmt = get(name)
-            if fmt.sniff(head, size):
-                return fmt
+    claims = [name for name in names() if get(name).sniff(head, size)]
+    if len(claims) > 1:
+        raise NotACheckpointError(
+            display_name,
+            f"its content is claimed by several formats ({', '.join(claims)}): uninstall the "
+            "format plugin that should not claim it",
+        )
+    if claims:
+        return get(claims[0])
     raise NotACheckpointError(
         display_name, f"its content is not in any known format ({', '.join(names())})"
     )

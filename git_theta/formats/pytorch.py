@@ -529,7 +529,13 @@ class PyTorchFormat:
     name = "pytorch"
 
     def sniff(self, head: bytes, size: int) -> bool:
-        return head[:4] == b"PK\x03\x04"
+        """A zip archive that names a ``<archive name>/data.pkl`` among its first members (a
+        torch.save file names it first; TorchScript archives, refused later, name it too);
+        a plain zip or an ``np.savez`` file is not PyTorch. A zip shorter than a local
+        header is claimed, and refused as cut short."""
+        if head[:4] != b"PK\x03\x04":
+            return False
+        return len(head) < 30 or b"/data.pkl" in head
 
     def read(self, path: Path, display_name: str) -> Checkpoint:
         try:
