@@ -28,9 +28,11 @@ class FilterDriver:
         repo: Repo,
         warn: Callable[[str], None] | None = None,
         progress: Callable[[str], theta_filter.Progress | None] | None = None,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.warn = warn or (lambda message: None)
+        self.note = note or (lambda message: None)
         # progress(stage) -> a callback for one file's progress, or None for none
         self.progress = progress or (lambda stage: None)
 
@@ -45,6 +47,7 @@ class FilterDriver:
             self.repo.config,
             name=pathname or "<stdin>",
             progress=self.progress(f"storing {pathname}"),
+            note=self.note,
         )
         out.write(manifest)
 

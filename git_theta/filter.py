@@ -23,11 +23,13 @@ from typing import BinaryIO
 import numpy as np
 
 from git_theta import formats, updates
+from git_theta.codec import memory_budget
 from git_theta.config import Config
 from git_theta.errors import (
     CorruptObjectError,
     HashMismatchError,
     ManifestError,
+    NotACheckpointError,
     ObjectMissingError,
     ThetaError,
 )
@@ -91,6 +93,26 @@ def _store_tensor(
     return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest, base)
 
 
+# a file no format claims and at most this big, valid UTF-8 without NUL bytes, stays text
+TEXT_MAX_BYTES = 1 << 20
+# a file stored whole is held in memory with its encoding: at most this share of the budget
+WHOLE_MAX_FRACTION = 0.25
+
+
+def _small_text(src: Path) -> bool:
+    """Whether the file at ``src`` is small UTF-8 text (kept in git as it is)."""
+    if src.stat().st_size > TEXT_MAX_BYTES:
+        return False
+    data = src.read_bytes()
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 # (tensors done, tensors in all, bytes done, bytes in all)
 Progress = Callable[[int, int, int, int], None]
 
@@ -103,6 +125,7 @@ def clean(
     name: str = "<stdin>",
     progress: Progress | None = None,
     overrides: dict[str, TensorRecord] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> bytes:
     """The manifest for the checkpoint at ``src`` (``name``: its path, for messages).
 
@@ -110,6 +133,9 @@ def clean(
     reuse unchanged tensors. A file that already is a manifest is returned in canonical form.
     ``overrides``: records to take, by tensor name, in place of what the file holds (records
     of updates the user passed, already stored; same dtype and shape).
+
+    A file no format claims is never refused: small UTF-8 text is returned as it is (git keeps
+    it as text); anything else is stored whole (``formats.whole``). ``note`` is told which.
     """
     with open(src, "rb") as f:
         first = f.read(1)
@@ -118,7 +144,23 @@ def clean(
         existing = parse_if_manifest(head)
         if existing is not None:
             return existing.to_bytes()
-    fmt = formats.detect(src, name)
+    try:
+        fmt = formats.detect(src, name)
+    except formats.Unclaimed:
+        if _small_text(src):
+            if note is not None:
+                note(f"{name} is in no checkpoint format: kept in git as text")
+            return src.read_bytes()
+        size = src.stat().st_size
+        if size > WHOLE_MAX_FRACTION * memory_budget():  # held whole while it is stored
+            raise NotACheckpointError(
+                name,
+                f"it is in no checkpoint format, and at {size} bytes too big to store whole "
+                "here: track it with `git lfs track` instead of git-theta",
+            ) from None
+        if note is not None:
+            note(f"{name} is in no checkpoint format: stored whole, as one object")
+        fmt = formats.get("file")
     checkpoint = fmt.read(src, name)
     reuse = _previous_records(previous)
     sizes = {n: tensor_nbytes(t.dtype, t.shape) for n, t in checkpoint.tensors.items()}

@@ -800,21 +800,33 @@ def test_ls_files_in_an_empty_repository(bare_repo: Repo) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "data", "reason"),
+    ("args", "data", "name"),
     [
-        (["notes.pt"], b"hello, not a checkpoint\n", NOT_A_CHECKPOINT.format(name="notes.pt")),
-        ([], b"hello, not a checkpoint\n", NOT_A_CHECKPOINT.format(name="<stdin>")),
-        (["notes.pt"], b"", "notes.pt: not a checkpoint git-theta can read: the file is empty"),
+        (["notes.pt"], b"hello, not a checkpoint\n", "notes.pt"),
+        ([], b"hello, not a checkpoint\n", "<stdin>"),
+        (["notes.pt"], b"", "notes.pt"),
     ],
     ids=["named", "stdin", "empty"],
 )
-def test_clean_of_a_non_checkpoint_fails_with_one_line(
-    tracked: Repo, args: list[str], data: bytes, reason: str
+def test_clean_of_text_in_no_checkpoint_format_keeps_it_as_text(
+    tracked: Repo, args: list[str], data: bytes, name: str
 ) -> None:
     repo = tracked
     proc = run("git-theta", "clean", *args, cwd=repo.path, input=data)
-    assert text(proc) == (1, "", f"git-theta: error: {reason}\n")
+    note = f"git-theta: {name} is in no checkpoint format: kept in git as text\n"
+    assert (proc.returncode, proc.stdout, proc.stderr.decode()) == (0, data, note)
     assert repo.objects() == set()
+
+
+def test_clean_of_a_truncated_checkpoint_fails_with_one_line(
+    tracked: Repo, checkpoint: bytes
+) -> None:
+    proc = run("git-theta", "clean", "model.pt", cwd=tracked.path, input=checkpoint[:100])
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().startswith(
+        "git-theta: error: model.pt: not a checkpoint git-theta can read: truncated or corrupt"
+    )
+    assert proc.stderr.count(b"\n") == 1
 
 
 def test_clean_stdout_is_exactly_the_manifest_and_smudge_rebuilds(
@@ -885,11 +897,12 @@ def test_git_commands_through_the_filter_print_nothing_extra(
 
 def test_process_filter_failure_is_one_line_then_gits_fatal(tracked: Repo) -> None:
     repo = tracked
-    (repo.path / "model.pt").write_bytes(b"not a checkpoint\n")
+    (repo.path / "model.pt").write_bytes(b"PK\x03\x04 cut short")  # a torch zip's start
     assert text(run("git", "add", "model.pt", cwd=repo.path, env={"GIT_TRACE": "0"})) == (
         128,
         "",
-        f"git-theta: error: {NOT_A_CHECKPOINT.format(name='model.pt')}\n"
+        "git-theta: error: model.pt: not a checkpoint git-theta can read: truncated or corrupt "
+        "PyTorch zip archive (File is not a zip file)\n"
         "fatal: model.pt: clean filter 'theta' failed\n",
     )
     assert repo.status() == "?? model.pt\n"

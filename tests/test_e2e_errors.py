@@ -126,14 +126,8 @@ def assert_add_refused(repo: Repo, content: bytes, expected_line: str) -> None:
             garbled_pickle,
             "invalid PyTorch checkpoint: invalid load key, '\\xda'.",
         ),
-        (random_bytes, "its content is not in any known format (safetensors, pytorch)"),
-        (
-            lambda: b"epoch: 3\nthis is a text file, not a checkpoint\n" * 4,
-            "its content is not in any known format (safetensors, pytorch)",
-        ),
-        (lambda: b"", "the file is empty"),
     ],
-    ids=["truncated", "garbled-pickle", "random-bytes", "text", "empty"],
+    ids=["truncated", "garbled-pickle"],
 )
 def test_unreadable_checkpoint_is_refused(
     repo: Repo, make: Callable[[], bytes], reason: str
@@ -190,15 +184,21 @@ def test_pickle_that_runs_code_is_refused_and_runs_nothing(
     assert not marker.exists()
 
 
-def test_bare_pickle_that_runs_code_is_not_a_checkpoint(repo: Repo, tmp_path: Path) -> None:
+def test_bare_pickle_that_runs_code_is_stored_whole_never_unpickled(
+    repo: Repo, tmp_path: Path
+) -> None:
     marker = tmp_path / "marker"
     data = pickle.dumps({"weights": [1.0, 2.0], "hook": payloads(marker)["posix.system"]})
     commit_good(repo)
-    assert_add_refused(
-        repo,
-        data,
-        NOT_A_CHECKPOINT + "its content is not in any known format (safetensors, pytorch)",
-    )
+    (repo.path / "model.pt").write_bytes(data)
+    proc = repo.git("add", "model.pt")
+    assert git_theta_lines(proc.stderr) == [
+        "git-theta: model.pt is in no checkpoint format: stored whole, as one object"
+    ]
+    assert not marker.exists()
+    (repo.path / "model.pt").unlink()
+    repo.git("checkout", "--", "model.pt")
+    assert (repo.path / "model.pt").read_bytes() == data
     assert not marker.exists()
 
 

@@ -146,3 +146,75 @@ def test_a_plugin_format_round_trips_and_an_ambiguous_claim_names_the_candidates
         "checkpoint format plugin `greedy` (greedy_format:GreedyFormat) cannot be loaded "
         "(RuntimeError: half installed): fix or uninstall it" in proc.stderr
     )
+
+
+def test_a_tracked_folder_may_hold_any_file(tmp_path: Path) -> None:
+    """`checkpoints/**` over a .pt, a config.json, a train.log and a binary tokenizer model:
+    git add -A succeeds, text stays text, the rest is stored whole, everything comes back
+    byte-identical, and one tensor changed in the .pt stores one object."""
+    import torch
+
+    repo = Repo.init(tmp_path / "repo")
+    repo.theta("install", "--local")
+    repo.theta("track", "checkpoints/**")
+    folder = repo.path / "checkpoints"
+    folder.mkdir()
+    state = {
+        f"w{i}": torch.randn(64, 64, generator=torch.Generator().manual_seed(i)) for i in range(4)
+    }
+    torch.save(state, folder / "model.pt")
+    (folder / "config.json").write_text('{"hidden": 64, "layers": 4}\n')
+    (folder / "train.log").write_text(
+        "".join(f"step {i} loss {1 / (i + 1):.4f}\n" for i in range(500))
+    )
+    tokenizer = np.random.default_rng(0).bytes(300_000) + b"\0"  # binary: stored whole
+    (folder / "tokenizer.model").write_bytes(tokenizer)
+    (folder / "empty.txt").write_bytes(b"")
+    originals = {p.name: p.read_bytes() for p in folder.iterdir()}
+    proc = repo.git("add", "-A")
+    notes = sorted(line for line in proc.stderr.splitlines() if line.startswith("git-theta:"))
+    assert notes == [
+        "git-theta: checkpoints/config.json is in no checkpoint format: kept in git as text",
+        "git-theta: checkpoints/empty.txt is in no checkpoint format: kept in git as text",
+        "git-theta: checkpoints/tokenizer.model is in no checkpoint format: stored whole, as one object",
+        "git-theta: checkpoints/train.log is in no checkpoint format: kept in git as text",
+    ]
+    repo.git("commit", "-qm", "a run's folder")
+    assert repo.blob("HEAD:checkpoints/train.log") == originals["train.log"]  # text in git
+    assert b'"name": "file"' in repo.blob("HEAD:checkpoints/tokenizer.model")
+    for path in folder.iterdir():
+        path.unlink()
+    repo.git("checkout", "--", "checkpoints")
+    back = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # the .pt comes back tensor-exact (byte-identical torch files are the rest of issue 23)
+    loaded = torch.load(folder / "model.pt", weights_only=True)
+    assert {k: v.numpy().tobytes() for k, v in loaded.items()} == {
+        k: v.numpy().tobytes() for k, v in state.items()
+    }
+    del back["model.pt"], originals["model.pt"]
+    assert back == originals
+    assert repo.status() == ""
+
+    before = repo.objects()
+    state["w2"] = state["w2"] + 1
+    torch.save(state, folder / "model.pt")
+    repo.git("add", "-A")
+    assert len(repo.objects() - before) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_file_too_big_to_store_whole_is_refused_with_the_fix(tmp_path: Path) -> None:
+    repo = Repo.init(tmp_path / "repo")
+    repo.theta("install", "--local")
+    repo.theta("track", "*.bin")
+    with open(repo.path / "big.bin", "wb") as f:
+        f.truncate(300 << 20)  # 300 MiB of zeros (sparse on disk): binary
+    # the filter's budget is half its address space: 1 GiB here, a quarter of which is 256 MiB
+    limited = ["prlimit", f"--as={2 << 30}", "git", "add", "big.bin"]
+    proc = subprocess.run(limited, cwd=repo.path, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert (
+        "git-theta: error: big.bin: not a checkpoint git-theta can read: it is in no "
+        in proc.stderr
+    )
+    assert "too big to store whole here: track it with `git lfs track` instead" in proc.stderr

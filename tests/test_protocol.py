@@ -421,12 +421,12 @@ def test_process_filter_and_one_shot_filters_agree(
 
 
 def test_process_filter_error_fails_git_add_with_one_message(repo: Repo) -> None:
-    (repo.path / "model.pt").write_bytes(b"this is not a checkpoint\n")
+    (repo.path / "model.pt").write_bytes(b"PK\x03\x04 a torch zip cut short\n")
     add = repo.git("add", "model.pt", check=False)
     assert add.returncode != 0
     assert (
-        "git-theta: error: model.pt: not a checkpoint git-theta can read: its content is not "
-        "in any known format (safetensors, pytorch)\n"
+        "git-theta: error: model.pt: not a checkpoint git-theta can read: truncated or corrupt "
+        "PyTorch zip archive (File is not a zip file)\n"
     ) in add.stderr
     assert repo.git("ls-files", "--stage", "model.pt").stdout == ""
 
@@ -447,13 +447,13 @@ def run_filter_process(cwd: Path, data: bytes) -> subprocess.CompletedProcess[by
 
 def test_filter_process_serves_its_stdin(repo: Repo) -> None:
     """The real `git theta filter-process`, driven by hand: handshake and an error reply."""
-    data = HANDSHAKE_IN + request("clean", "model.pt", b"garbage")
+    data = HANDSHAKE_IN + request("clean", "model.pt", b"PK\x03\x04 cut")
     proc = run_filter_process(repo.path, data)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == HANDSHAKE_OUT_PROCESS + b"0011status=error\n0000"
     assert proc.stderr.decode() == (
-        "git-theta: error: model.pt: not a checkpoint git-theta can read: its content is not "
-        "in any known format (safetensors, pytorch)\n"
+        "git-theta: error: model.pt: not a checkpoint git-theta can read: truncated or corrupt "
+        "PyTorch zip archive (File is not a zip file)\n"
     )
 
 

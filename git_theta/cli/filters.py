@@ -25,7 +25,7 @@ def _one_shot(command: str, path: str) -> None:
     warning = repo.ensure_hook()
     if warning:
         report(f"warning: {warning}")
-    driver = FilterDriver(repo, warn=lambda message: report(f"warning: {message}"))
+    driver = FilterDriver(repo, warn=lambda message: report(f"warning: {message}"), note=report)
     with (
         tempfile.NamedTemporaryFile(prefix="theta-in-") as src,
         tempfile.TemporaryFile(prefix="theta-out-") as dst,

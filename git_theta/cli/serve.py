@@ -84,7 +84,9 @@ def filter_process() -> NoReturn:
             try:
                 from git_theta.driver import FilterDriver
 
-                drivers.append(FilterDriver(repo(), lambda m: report(f"warning: {m}"), _progress))
+                drivers.append(
+                    FilterDriver(repo(), lambda m: report(f"warning: {m}"), _progress, report)
+                )
             finally:
                 gc.freeze()
                 gc.enable()

@@ -13,12 +13,14 @@ from pathlib import Path
 from git_theta.errors import NotACheckpointError, UnsupportedError
 from git_theta.formats.base import Checkpoint, Format, TensorData
 
-__all__ = ["Checkpoint", "Format", "TensorData", "detect", "get", "names"]
+__all__ = ["Checkpoint", "Format", "TensorData", "Unclaimed", "detect", "get", "names"]
 
 _BUILTIN = {
     "safetensors": "git_theta.formats.safetensors:SafetensorsFormat",
     "pytorch": "git_theta.formats.pytorch:PyTorchFormat",
 }
+# formats no file is detected as: chosen by the filter for what no format claims
+_FALLBACK = {"file": "git_theta.formats.whole:WholeFile"}
 SNIFF_BYTES = 64 * 1024
 
 
@@ -31,7 +33,7 @@ def _plugins() -> dict[str, str]:
     return {
         ep.name: ep.value
         for ep in entry_points(group="git_theta.formats")
-        if ep.name not in _BUILTIN
+        if ep.name not in _BUILTIN and ep.name not in _FALLBACK
     }
 
 
@@ -48,14 +50,15 @@ def names() -> list[str]:
 def get(name: str) -> Format:
     """The format called ``name``."""
     try:
-        target = _BUILTIN[name] if name in _BUILTIN else _plugins()[name]
+        builtin = {**_BUILTIN, **_FALLBACK}
+        target = builtin[name] if name in builtin else _plugins()[name]
     except KeyError:
         raise UnsupportedError(
             f"checkpoint format `{name}` is not known to this git-theta: install the plugin "
             "that provides it, or upgrade git-theta"
         ) from None
     module, _, attr = target.partition(":")
-    if name in _BUILTIN:
+    if name in _BUILTIN or name in _FALLBACK:
         fmt: Format = getattr(importlib.import_module(module), attr)()
         return fmt
     try:  # a plugin's own code: whatever goes wrong there is named as the plugin's
@@ -74,7 +77,7 @@ def detect(path: Path, display_name: str) -> Format:
     must."""
     size = path.stat().st_size
     if size == 0:
-        raise NotACheckpointError(display_name, "the file is empty")
+        raise Unclaimed(display_name, "the file is empty")
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     claims = [name for name in names() if get(name).sniff(head, size)]
@@ -86,6 +89,8 @@ def detect(path: Path, display_name: str) -> Format:
         )
     if claims:
         return get(claims[0])
-    raise NotACheckpointError(
-        display_name, f"its content is not in any known format ({', '.join(names())})"
-    )
+    raise Unclaimed(display_name, f"its content is not in any known format ({', '.join(names())})")
+
+
+class Unclaimed(NotACheckpointError):
+    """No format claims the file (it may be kept whole: see ``filter.clean``)."""

@@ -1,0 +1,59 @@
+"""Files in no checkpoint format, stored whole: one ``uint8`` tensor, ``data``, of the file's
+bytes, so the file comes back byte-identical (and a changed copy may be stored as an update
+of the one before, like any tensor).
+
+No file is detected as this format: ``filter.clean`` takes it for a file under a tracked
+pattern that no format claims and that is not small UTF-8 text (which git keeps as text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from git_theta.errors import ManifestError
+from git_theta.formats.base import DAMAGED_MANIFEST, Checkpoint, SharedFile, TensorData, read_range
+
+# bytes written at a time (memory holds one piece of the file beyond its tensor)
+_PIECE = 16 << 20
+
+
+class WholeFile:
+    name = "file"
+
+    def sniff(self, head: bytes, size: int) -> bool:
+        return False  # never detected: the fallback for what no format claims
+
+    def read(self, path: Path, display_name: str) -> Checkpoint:
+        size = path.stat().st_size
+        shared = SharedFile(path)
+        return Checkpoint(
+            {"name": self.name},
+            {"data": TensorData("uint8", (size,), lambda: read_range(shared, 0, size))},
+        )
+
+    def write_order(
+        self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+    ) -> list[str]:
+        return ["data"]
+
+    def write(
+        self,
+        fmt: Mapping[str, Any],
+        tensors: Mapping[str, TensorData],
+        aliases: Mapping[str, str],
+        out: BinaryIO,
+    ) -> None:
+        data = tensors.get("data")
+        if (
+            set(tensors) != {"data"}
+            or data is None
+            or data.dtype != "uint8"
+            or len(data.shape) != 1
+        ):
+            raise ManifestError(f"a whole file is one uint8 tensor `data`: {DAMAGED_MANIFEST}")
+        words = data.load()
+        view = memoryview(words.data).cast("B")
+        for start in range(0, len(view), _PIECE):
+            out.write(view[start : start + _PIECE])
