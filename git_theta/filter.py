@@ -34,6 +34,7 @@ from git_theta.errors import (
     ThetaError,
 )
 from git_theta.formats import TensorData
+from git_theta.formats.whole import TEXT_MAX_BYTES, is_small_text
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
 from git_theta.tensors import identity_hash
@@ -93,24 +94,13 @@ def _store_tensor(
     return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest, base)
 
 
-# a file no format claims and at most this big, valid UTF-8 without NUL bytes, stays text
-TEXT_MAX_BYTES = 1 << 20
 # a file stored whole is held in memory with its encoding: at most this share of the budget
 WHOLE_MAX_FRACTION = 0.25
 
 
 def _small_text(src: Path) -> bool:
     """Whether the file at ``src`` is small UTF-8 text (kept in git as it is)."""
-    if src.stat().st_size > TEXT_MAX_BYTES:
-        return False
-    data = src.read_bytes()
-    if b"\0" in data:
-        return False
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    return src.stat().st_size <= TEXT_MAX_BYTES and is_small_text(src.read_bytes())
 
 
 # (tensors done, tensors in all, bytes done, bytes in all)

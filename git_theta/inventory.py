@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from git_theta.errors import ManifestError
+from git_theta.formats.whole import TEXT_MAX_BYTES, is_small_text
 from git_theta.gitio import git
 from git_theta.manifest import Manifest, parse_if_manifest
 from git_theta.repo import Repo
 
 _NOT_MANIFEST = "stored without git-theta (run `git add --renormalize`)"
+_TEXT = "text in no checkpoint format, kept in git as it is"
 
 
 @dataclass(frozen=True)
@@ -35,5 +37,16 @@ def tracked_files(repo: Repo) -> list[TrackedFile]:
         except ManifestError as exc:
             result.append(TrackedFile(path, None, str(exc)))
             continue
+        if manifest is None and _kept_as_text(repo, blobs[path]):
+            result.append(TrackedFile(path, None, _TEXT))
+            continue
         result.append(TrackedFile(path, manifest, "" if manifest else _NOT_MANIFEST))
     return result
+
+
+def _kept_as_text(repo: Repo, blob: str) -> bool:
+    """Whether ``blob`` is text git-theta keeps in git as it is (``formats.whole``)."""
+    size = repo.git(["cat-file", "-s", blob], check=False).stdout.strip()
+    if not size.isdigit() or int(size) > TEXT_MAX_BYTES:
+        return False
+    return is_small_text(repo.git(["cat-file", "blob", blob]).stdout)

@@ -182,6 +182,13 @@ def test_a_tracked_folder_may_hold_any_file(tmp_path: Path) -> None:
     repo.git("commit", "-qm", "a run's folder")
     assert repo.blob("HEAD:checkpoints/train.log") == originals["train.log"]  # text in git
     assert b'"name": "file"' in repo.blob("HEAD:checkpoints/tokenizer.model")
+    listed = repo.theta("ls-files").stdout.splitlines()
+    text = f"{'-':>8} {'-':>10} {'-':>10}"
+    assert (
+        f"{text}  checkpoints/train.log  (text in no checkpoint format, kept in git as it is)"
+        in listed
+    )
+    assert [ln.split()[0] for ln in listed if ln.endswith("checkpoints/tokenizer.model")] == ["1"]
     for path in folder.iterdir():
         path.unlink()
     repo.git("checkout", "--", "checkpoints")

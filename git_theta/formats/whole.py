@@ -17,6 +17,20 @@ from git_theta.formats.base import DAMAGED_MANIFEST, Checkpoint, SharedFile, Ten
 
 # bytes written at a time (memory holds one piece of the file beyond its tensor)
 _PIECE = 16 << 20
+# a file no format claims and at most this big, valid UTF-8 without NUL bytes, stays text
+TEXT_MAX_BYTES = 1 << 20
+
+
+def is_small_text(data: bytes) -> bool:
+    """Whether ``data`` is text git-theta keeps in git as it is: at most ``TEXT_MAX_BYTES``,
+    valid UTF-8, no NUL byte."""
+    if len(data) > TEXT_MAX_BYTES or b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class WholeFile:
