@@ -395,7 +395,11 @@ class _Archive:
                     if pos == cd_size:
                         return entries
         self.f.seek(0)
-        with zipfile.ZipFile(self.f) as archive:
+        try:
+            archive = zipfile.ZipFile(self.f)
+        except Exception:  # zipfile raises many kinds (NotImplementedError for a version)
+            return {}  # no members: tensorstore decodes or reports it
+        with archive:
             return {
                 i.filename: (
                     i.header_offset,
