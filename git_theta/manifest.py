@@ -157,13 +157,9 @@ class Delta(Storage):
         return cls(own, step["base"], rest)
 
     def to_json(self) -> dict[str, Any]:
-        steps: list[dict[str, Any]] = []
-        storage: Storage = self
-        while isinstance(storage, Delta):
-            steps.append(storage.step())
-            storage = storage.rest
-        root = storage.to_json()
-        steps.append({"encoding": root["encoding"], "objects": len(storage.objects)})
+        updates, root = chain(self)
+        steps = [step.step() for step in updates]
+        steps.append({"encoding": root.encoding, "objects": len(root.objects)})
         return {
             "encoding": self.encoding,
             "objects": [{"oid": o.oid, "size": o.size} for o in self.objects],
@@ -175,12 +171,18 @@ class Delta(Storage):
         return _parse_chain(name, value)
 
 
+def chain(storage: Storage) -> tuple[list[Delta], Storage]:
+    """The updates of ``storage``'s chain, newest first, and the dense storage at its root."""
+    updates = []
+    while isinstance(storage, Delta):
+        updates.append(storage)
+        storage = storage.rest
+    return updates, storage
+
+
 def depth(storage: Storage) -> int:
     """How many delta steps lie between ``storage`` and its dense root."""
-    steps = 0
-    while isinstance(storage, Delta):
-        steps, storage = steps + 1, storage.rest
-    return steps
+    return len(chain(storage)[0])
 
 
 @dataclass(frozen=True)

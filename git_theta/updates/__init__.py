@@ -28,6 +28,7 @@ from git_theta.manifest import (
     Storage,
     TensorRecord,
     Xor,
+    chain,
     depth,
 )
 from git_theta.store import ObjectRef, ObjectStore
@@ -189,9 +190,7 @@ def _smallest(
     if not sizes:  # sparse asked for, nothing changed: impossible for a changed tensor
         return finish(start_encode(words, config, dtype_name), store, config)
     kind = min(sizes, key=lambda k: (sizes[k], k))
-    root = base.storage
-    while isinstance(root, Delta):
-        root = root.rest
+    root = chain(base.storage)[1]
     root_size = sum(o.size for o in root.objects)
     chained = sum(o.size for o in base.objects) - root_size
     if config.update_type == "auto" and chained + sizes[kind] > CHAIN_MAX_RATIO * root_size:
@@ -239,11 +238,7 @@ def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
     itemsize = get_dtype(record.dtype).itemsize
     word = word_dtype(itemsize)
     count = numel(record.shape) * itemsize // word.itemsize
-    steps: list[Delta] = []
-    storage = record.storage
-    while isinstance(storage, Delta):
-        steps.append(storage)
-        storage = storage.rest
+    steps, storage = chain(record.storage)
     if not isinstance(storage, Dense):
         raise ManifestError(f"encoding `{storage.encoding}` cannot be decoded: upgrade git-theta")
     words = codec.decode(store.path(storage.object.oid), word, count)
