@@ -114,19 +114,19 @@ def store_tensor(
     to (see ``theta.updateType``); it is used only when it has the same dtype and shape, its
     chain is shorter than ``theta.maxChainDepth`` and it rebuilds from local, sound objects.
     """
-    base_words = _base_words(dtype_name, shape, base, store, config)
-    if base_words is None or config.update_type == "dense":
+    base_words = _base_words(dtype_name, shape, base, store, config)  # None under dense
+    if base_words is None:
         encoding = start_encode(words, config, dtype_name)
-        if digest is None:
-            digest = identity_hash(dtype_name, shape, words)
-        crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
-        return TensorRecord(dtype_name, shape, digest, finish(encoding, store, config), crc)
-    assert base is not None
-    candidates = _deltas(words, base_words, dtype_name, config)
+    else:
+        candidates = _deltas(words, base_words, dtype_name, config)
     if digest is None:
         digest = identity_hash(dtype_name, shape, words)
-    crc = crc32(words)
-    storage = _smallest(candidates, words, dtype_name, base, store, config)
+    crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
+    if base_words is None:
+        storage = finish(encoding, store, config)
+    else:
+        assert base is not None
+        storage = _smallest(candidates, words, dtype_name, base, store, config)
     return TensorRecord(dtype_name, shape, digest, storage, crc)
 
 
