@@ -98,9 +98,13 @@ def _store_tensor(
 WHOLE_MAX_FRACTION = 0.25
 
 
-def _small_text(src: Path) -> bool:
-    """Whether the file at ``src`` is small UTF-8 text (kept in git as it is)."""
-    return src.stat().st_size <= TEXT_MAX_BYTES and is_small_text(src.read_bytes())
+def _small_text(src: Path) -> bytes | None:
+    """The content of the file at ``src`` when it is small UTF-8 text (kept in git as it
+    is), else None."""
+    if src.stat().st_size > TEXT_MAX_BYTES:
+        return None
+    data = src.read_bytes()
+    return data if is_small_text(data) else None
 
 
 # (tensors done, tensors in all, bytes done, bytes in all)
@@ -137,10 +141,11 @@ def clean(
     try:
         fmt = formats.detect(src, name)
     except formats.Unclaimed:
-        if _small_text(src):
+        text = _small_text(src)
+        if text is not None:
             if note is not None:
                 note(f"{name} is in no checkpoint format: kept in git as text")
-            return src.read_bytes()
+            return text
         size = src.stat().st_size
         if size > WHOLE_MAX_FRACTION * memory_budget():  # held whole while it is stored
             raise NotACheckpointError(
