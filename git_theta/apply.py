@@ -51,8 +51,9 @@ def add_update(repo: Repo, pathspec: str, kind: str, data: Path) -> Applied:
     if not repo.theta_paths([path]):
         raise UsageError(f"`{path}` is not tracked by git-theta (`git theta track {path}`)")
     entry = entries[0]
+    staged = repo.git(["cat-file", "blob", entry.blob]).stdout
     try:
-        old = parse_if_manifest(repo.git(["cat-file", "blob", entry.blob]).stdout)
+        old = parse_if_manifest(staged)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from exc
     if old is None:
@@ -92,12 +93,10 @@ def add_update(repo: Repo, pathspec: str, kind: str, data: Path) -> Applied:
             )
         except given_lib.UpdateDataError as exc:
             raise given_lib.UpdateDataError(f"{data.name}: {exc}") from exc
-    staged = repo.git(["cat-file", "blob", entry.blob]).stdout
     manifest_bytes = clean(src, staged, store, config, path, overrides=records)
     manifest = Manifest.from_bytes(manifest_bytes)
     rebuild(repo, path, manifest)  # the work tree holds the reconstruction
-    blob = repo.git(["hash-object", "-w", "--stdin"], input=manifest_bytes).stdout.decode().strip()
-    repo.git(["update-index", "--index-info"], input=f"{entry.mode} {blob}\t{path}\n".encode())
+    repo.stage(path, entry.mode, manifest_bytes)
     repo.git(["update-index", "-q", "--refresh"], check=False)  # the new file's stat data
     corrected = sum(getattr(r.storage, "corrected", 0) for r in records.values())
     return Applied(path, len(records), corrected)

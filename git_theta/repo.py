@@ -108,6 +108,12 @@ class Repo:
             return git.index_entries(self.top)
         return git.index_entries(self.top, pathspecs, at=self.start_dir)
 
+    def stage(self, path: str, mode: str, content: bytes) -> None:
+        """Write ``content`` as a blob and stage it at ``path`` (stage 0, file ``mode``),
+        with no filter applied (it is the manifest itself)."""
+        blob = self.git(["hash-object", "-w", "--stdin"], input=content).stdout.decode().strip()
+        self.git(["update-index", "--index-info"], input=f"{mode} {blob}\t{path}\n".encode())
+
     def theta_paths(self, paths: Iterable[str]) -> list[str]:
         """Those of ``paths`` (relative to the top) that git filters with git-theta."""
         return attributes.theta_paths(self.top, sorted(set(paths)))

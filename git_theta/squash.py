@@ -69,9 +69,7 @@ def squash(repo: Repo, pathspecs: list[str]) -> list[Squashed]:
             manifest.aliases,
             manifest.version,
         )
-        new_blob = repo.git(["hash-object", "-w", "--stdin"], input=squashed.to_bytes())
-        line = f"{entry.mode} {new_blob.stdout.decode().strip()}\t{path}\n"
-        repo.git(["update-index", "--index-info"], input=line.encode())
+        repo.stage(path, entry.mode, squashed.to_bytes())
         deepest = max(depth(r.storage) for r in chained.values())
         results.append(Squashed(path, len(chained), deepest))
     repo.git(["update-index", "-q", "--refresh"], check=False)  # the work tree's stat data
