@@ -258,16 +258,19 @@ def _apply(
     def read(index: int, word: np.dtype, count: int) -> np.ndarray:
         return codec.decode(store.path(step.own[index].oid), word, count)
 
+    def replace(words: np.ndarray, first: int, count: int, claim: str) -> None:
+        """The words at the positions whose gaps object ``first`` holds replaced, in place,
+        by the words of object ``first + 1`` (``count`` of each)."""
+        if count > words.size:
+            raise CorruptObjectError(f"{claim} {count} words of a tensor of {words.size}")
+        gaps = read(first, sparse_index_dtype(words.size), count)
+        rebuild.replace(words, gaps, read(first + 1, words.dtype, count))
+
     if isinstance(step, Xor):
         words ^= read(0, words.dtype, words.size)
         return words
     if isinstance(step, Sparse):
-        if step.changed > words.size:
-            raise CorruptObjectError(
-                f"sparse update changes {step.changed} words of a tensor of {words.size}"
-            )
-        gaps = read(0, sparse_index_dtype(words.size), step.changed)
-        rebuild.replace(words, gaps, read(1, words.dtype, step.changed))
+        replace(words, 0, step.changed, "sparse update changes")
         return words
     if isinstance(step, (LowRank, Ia3)):
         if not (rebuild.is_float(step.factors) and rebuild.is_float(dtype_name)):
@@ -299,13 +302,7 @@ def _apply(
                 )
             s = rebuild.values(read(0, fword, numel(step.scale_shape)), step.factors)
             words = rebuild.ia3(words, dtype_name, shape, s.reshape(step.scale_shape))
-        if step.corrected:
-            if step.corrected > words.size:
-                raise CorruptObjectError(
-                    f"update corrects {step.corrected} words of a tensor of {words.size}"
-                )
-            first = len(step.own) - 2
-            gaps = read(first, sparse_index_dtype(words.size), step.corrected)
-            rebuild.replace(words, gaps, read(first + 1, words.dtype, step.corrected))
+        if step.corrected:  # the last two objects
+            replace(words, len(step.own) - 2, step.corrected, "update corrects")
         return words
     raise ManifestError(f"encoding `{step.encoding}` cannot be decoded: upgrade git-theta")
