@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,11 +100,30 @@ def merge(
     if conflicts:
         return Outcome(None, sorted(conflicts), method, [])
     resolved = _resolve(repo, path, plan, method)
-    merged = plan.manifest(resolved)
+    merged = _keep_layout(plan.manifest(resolved), plan.layouts)
     problem = _inconsistency(merged)
     if problem:
         return Outcome(None, [problem], method, [])
     return Outcome(merged.to_bytes(), [], method, sorted(resolved))
+
+
+def _keep_layout(merged: Manifest, layouts: list[Any]) -> Manifest:
+    """The merged manifest with the first side's recorded file layout that still fits its
+    tree and tensors (checkout then writes what torch.save would write for them), or with
+    none (checkout writes git-theta's own layout)."""
+    from git_theta.formats import TensorData, pytorch
+
+    if merged.format.get("name") != "pytorch":
+        return merged
+    tensors = {
+        name: TensorData(r.dtype, r.shape, lambda: np.zeros(0))
+        for name, r in merged.tensors.items()
+    }
+    for layout in layouts:
+        fmt = {**merged.format, threeway.LAYOUT: layout}
+        if pytorch.layout_fits(fmt, tensors, merged.aliases):
+            return Manifest(fmt, merged.tensors, merged.aliases)
+    return merged
 
 
 def _inconsistency(merged: Manifest) -> str:

@@ -13,6 +13,9 @@ making the same change is no conflict. What is left:
 
 Non-tensor values live in the manifest's ``format`` tree; a torch checkpoint's dicts
 (``{"dict": [[key, value], ...]}``) are merged key by key, other lists as one value.
+A recorded file layout (``format.archive``: how the file was laid out, not what it holds)
+is not merged: ``Plan.layouts`` keeps each side's, and the caller keeps one that still
+fits the merged tree and tensors.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Plan:
         default_factory=dict
     )  # name -> (base, ours, theirs), changed on both sides, resolvable by a method
     conflicts: list[str] = field(default_factory=list)
+    layouts: list[Any] = field(default_factory=list)  # ours, theirs, base: their `archive`
 
     def manifest(self, resolved: dict[str, TensorRecord]) -> Manifest:
         """The merged manifest, with ``resolved`` records for the tensors in ``both``."""
@@ -83,17 +87,30 @@ def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> Plan:
             f"tensors added on both sides: ours adds {_names(added_ours - added_theirs)}, "
             f"theirs adds {_names(added_theirs - added_ours)}"
         )
-    base_format = base.format if base else _ABSENT
-    merged_format = _merge(base_format, ours.format, theirs.format, [], conflicts)
+    sides = [ours, theirs, *([base] if base else [])]
+    layouts = [side.format[LAYOUT] for side in sides if LAYOUT in side.format]
+    base_format = _content(base.format) if base else _ABSENT
+    merged_format = _merge(
+        base_format, _content(ours.format), _content(theirs.format), [], conflicts
+    )
     base_aliases = base.aliases if base else {}
     merged_aliases = _merge(base_aliases, ours.aliases, theirs.aliases, ["aliases"], conflicts)
     return Plan(
-        merged_format if isinstance(merged_format, dict) else ours.format,
+        merged_format if isinstance(merged_format, dict) else _content(ours.format),
         merged_aliases if isinstance(merged_aliases, dict) else ours.aliases,
         decided,
         both,
         conflicts,
+        layouts,
     )
+
+
+LAYOUT = "archive"
+
+
+def _content(fmt: dict[str, Any]) -> dict[str, Any]:
+    """A format section without its recorded layout."""
+    return {key: value for key, value in fmt.items() if key != LAYOUT}
 
 
 def _effective(manifest: Manifest | None, name: str) -> tuple[str | None, Any]:

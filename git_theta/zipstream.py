@@ -1,17 +1,26 @@
-"""A zip archive written front to back, for streams that cannot seek.
+"""Zip archives written front to back, for streams that cannot seek.
 
-Only what ``torch.save`` archives need: stored (uncompressed) members whose data is known
-before the member is written, so CRC and sizes go into the local header and no data
-descriptor or seek is needed. Each member's data starts on an ``align``-byte boundary
-(padding in the local header's extra field, as torch does, so readers can map the data);
-with ``align=1`` no padding field is written.
-ZIP64 records are written where sizes or offsets need them.
+Only what ``torch.save`` archives need: stored (uncompressed) members. Two layouts:
+
+- ``ZipStream``, git-theta's own: data whose CRC is known before the member is written, so
+  CRC and sizes go into the local header and no data descriptor is needed;
+- ``TorchZipStream``, the one ``torch.save`` writes (PyTorch's miniz writer): zero CRC and
+  sizes in the local header, a data descriptor after the data, a ZIP64 end record always.
+
+Each member's data starts on an ``align``-byte boundary (padding in the local header's
+extra field, as torch does, so readers can map the data). ZIP64 records are written where
+sizes or offsets need them.
+
+Both write to a ``Skeleton`` instead of a file when given member sizes in place of data:
+it keeps every byte that is not member data, with its offset, so a reader can check that
+a layout rebuilds a file's headers exactly without rewriting the data.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +35,54 @@ class Writable(Protocol):
     """Where a zip is written: anything with ``write`` (a file, a pipe, a collector)."""
 
     def write(self, data: bytes | memoryview, /) -> int: ...
+
+
+class Skeleton:
+    """Stands in for the output: keeps what is written with its offset, skips member data."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        if self.parts and self.parts[-1][0] + len(self.parts[-1][1]) == self.size:
+            offset, before = self.parts.pop()
+            self.parts.append((offset, before + bytes(data)))
+        else:
+            self.parts.append((self.size, bytes(data)))
+        self.size += len(data)
+        return len(data)
+
+    def skip(self, size: int) -> None:
+        self.size += size
+
+    def matches(self, read: Callable[[int, int], bytes], size: int) -> bool:
+        """Whether a file of ``size`` bytes, read by ``read(offset, length)``, holds exactly
+        these bytes where they were written."""
+        if size != self.size:
+            return False
+        return all(read(offset, len(part)) == part for offset, part in self.parts)
+
+
+def _sized(data: bytes | memoryview | int, crc: int | None) -> tuple[memoryview | int, int]:
+    """A member's data as bytes (or its size alone, which needs the CRC-32), and its size."""
+    if isinstance(data, int):
+        if crc is None:
+            raise TypeError("a member given by its size needs its CRC-32")
+        return data, data
+    view = memoryview(data).cast("B")
+    return view, view.nbytes
+
+
+def _member(out: Writable, data: bytes | memoryview | int) -> int:
+    """Writes a member's data (or skips it: ``data`` is its size, ``out`` a Skeleton)."""
+    if isinstance(data, int):
+        if not isinstance(out, Skeleton):
+            raise TypeError("member sizes stand in for data only when writing a Skeleton")
+        out.skip(data)
+        return data
+    out.write(data)
+    return memoryview(data).nbytes
 
 
 @dataclass
@@ -49,11 +106,12 @@ class ZipStream:
         self.out.write(data)
         self.offset += len(data)
 
-    def add(self, name: str, data: bytes | memoryview, crc: int | None = None) -> None:
-        """One stored member; ``crc``: its data's CRC-32 when the caller knows it already."""
-        view = memoryview(data).cast("B")
-        size = view.nbytes
-        crc = zlib.crc32(view) if crc is None else crc
+    def add(self, name: str, data: bytes | memoryview | int, crc: int | None = None) -> None:
+        """One stored member; ``crc``: its data's CRC-32 when the caller knows it already
+        (required when ``data`` is a size, for a Skeleton)."""
+        data, size = _sized(data, crc)
+        if crc is None:
+            crc = zlib.crc32(data)  # type: ignore[arg-type]  # data is bytes when crc is None
         encoded = name.encode("utf-8")
         big = size >= ZIP64_LIMIT
         extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
@@ -80,7 +138,7 @@ class ZipStream:
             )
         )
         self._write(encoded + extra)
-        self._write(view)
+        self.offset += _member(self.out, data)
 
     def close(self) -> None:
         """The central directory and end records."""
@@ -140,6 +198,131 @@ class ZipStream:
                 0xFFFF if zip64 else count,
                 _SENTINEL if zip64 else cd_size,
                 _SENTINEL if zip64 else start,
+                0,
+            )
+        )
+
+
+_MINIZ_LIMIT = 0xFFFFFFFF  # miniz's own bound for ZIP64 fields (not patched by tests)
+_MADE_BY_UNIX_30 = 0x031E  # "version made by" in miniz's ZIP64 end record
+
+
+def _zip64_fields(size: int, offset: int, local: bool = False) -> bytes:
+    """miniz's ZIP64 extra field: the sizes when the size needs it (in a local header the
+    compressed size is still 0 then), the offset when it needs it."""
+    fields = [size, 0 if local else size] if size >= _MINIZ_LIMIT else []
+    if offset >= _MINIZ_LIMIT:
+        fields.append(offset)
+    return struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+
+
+def combine_hash(seed: int, value: int) -> int:
+    """c10::hash_combine on 64-bit words (how torch folds the records' CRC-32s into
+    ``serialization_id``)."""
+    return (seed ^ (value + 0x9E3779B9 + (seed << 6) + (seed >> 2))) & 0xFFFFFFFFFFFFFFFF
+
+
+class TorchZipStream:
+    """The layout ``torch.save`` writes, member for member: every name under ``prefix/``,
+    a local header with zero CRC and sizes, padding (``FB`` then ``Z`` bytes) so data starts
+    on an ``align`` boundary, the data, a data descriptor, and at the end the central
+    directory, a ZIP64 end record and locator, and the end record."""
+
+    def __init__(self, out: Writable, prefix: str, align: int) -> None:
+        self.out = out
+        self.prefix = prefix
+        self.align = align
+        self.offset = 0
+        self.entries: list[_Entry] = []
+        self.combined_crc = 0  # the records' CRC-32s so far, folded as torch does
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def add(self, name: str, data: bytes | memoryview | int, crc: int | None = None) -> None:
+        """One record ``prefix/name``. ``crc`` may be left out when ``data`` is bytes: the
+        descriptor follows the data, so it is computed as the data is written."""
+        encoded = f"{self.prefix}/{name}".encode()
+        data, size = _sized(data, crc)
+        header_offset = self.offset
+        zip64 = _zip64_fields(size, header_offset, local=True)
+        start = header_offset + 30 + len(encoded) + len(zip64) + 4
+        pad = (-start) % self.align
+        extra = zip64 + struct.pack("<HH", _PAD_ID, pad) + b"Z" * pad
+        flags = 0x808 if size else 0x800  # an empty record has no data descriptor
+        self._write(
+            struct.pack(
+                "<4sHHHHHIIIHH", b"PK\x03\x04", 0, flags, 0, 0, 0, 0, 0, 0, len(encoded), len(extra)
+            )
+            + encoded
+            + extra
+        )
+        self.offset += _member(self.out, data)
+        if crc is None:
+            crc = zlib.crc32(data)  # type: ignore[arg-type]  # data is bytes here
+        if size:
+            descriptor = "<4sIQQ" if zip64 else "<4sIII"
+            self._write(struct.pack(descriptor, b"PK\x07\x08", crc, size, size))
+        self.entries.append(_Entry(encoded, crc, size, header_offset))
+        if size:  # torch folds in the CRC-32 of each record that has data
+            self.combined_crc = combine_hash(self.combined_crc, crc)
+
+    def close(self) -> None:
+        """The central directory and end records."""
+        start = self.offset
+        for e in self.entries:
+            extra = _zip64_fields(e.size, e.offset)
+            size = min(e.size, _MINIZ_LIMIT)
+            self._write(
+                struct.pack(
+                    "<4sHHHHHHIIIHHHHHII",
+                    b"PK\x01\x02",
+                    0,
+                    0,
+                    0x808 if e.size else 0x800,
+                    0,
+                    0,
+                    0,
+                    e.crc,
+                    size,
+                    size,
+                    len(e.name),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    0,
+                    min(e.offset, _MINIZ_LIMIT),
+                )
+                + e.name
+                + extra
+            )
+        cd_size, count, end64 = self.offset - start, len(self.entries), self.offset
+        self._write(
+            struct.pack(
+                "<4sQHHIIQQQQ",
+                b"PK\x06\x06",
+                44,
+                _MADE_BY_UNIX_30,
+                45,
+                0,
+                0,
+                count,
+                count,
+                cd_size,
+                start,
+            )
+            + struct.pack("<4sIQI", b"PK\x06\x07", 0, end64, 1)
+            + struct.pack(
+                "<4sHHHHIIH",
+                b"PK\x05\x06",
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(cd_size, _MINIZ_LIMIT),
+                min(start, _MINIZ_LIMIT),
                 0,
             )
         )

@@ -91,14 +91,29 @@ def tensors_of(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]
 
 
 def distinct_tensors(checkpoint: Any) -> dict[str, torch.Tensor]:
-    """The tensors git-theta must store: one per distinct view of a storage."""
-    seen: dict[tuple[Any, ...], str] = {}
-    result = {}
+    """The tensors git-theta must store: one per storage. A storage that one plain tensor
+    uses whole (offset 0, C-order strides, every element) is stored as that tensor; any
+    other storage is stored whole and flat, under the name of its first tensor."""
+    views: dict[Any, list[tuple[str, torch.Tensor]]] = {}
     for name, t in tensors_of(checkpoint):
-        view = (t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
-        if t.numel() == 0 or view not in seen:
-            seen[view] = name
-            result[name] = t
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes()) if storage.nbytes() else name
+        views.setdefault(key, []).append((name, t))
+    result = {}
+    for group in views.values():
+        name, first = group[0]
+        distinct = {(t.storage_offset(), t.shape, t.stride()) for _, t in group}
+        nbytes = first.untyped_storage().nbytes()
+        if (
+            len(distinct) == 1
+            and first.storage_offset() == 0
+            and first.is_contiguous()
+            and (first.numel() * first.element_size() == nbytes)
+        ):
+            result[name] = first
+        else:
+            flat = torch.empty(0, dtype=first.dtype)
+            result[name] = flat.set_(first.untyped_storage(), 0, (nbytes // first.element_size(),))
     return result
 
 

@@ -11,7 +11,17 @@ The saved object becomes a tree of JSON nodes in the manifest (``format.root``);
 it are referred to by name. Names are the path of dict keys and list indexes from the root,
 joined by ``/`` (``~`` and ``/`` inside a key are written ``~0`` and ``~1``); a state dict's
 tensors keep their own keys as names. A tensor that views the same storage as an earlier one
-(tied weights) is recorded as an alias and rebuilt sharing that storage.
+the same way (tied weights) is recorded as an alias and rebuilt sharing that storage. Any
+other storage (transposed, sliced, shared by several views) is stored whole and flat, and
+its tensor nodes carry their ``view`` (see ``_TreeBuilder``).
+
+``format.archive`` records what a file written by torch.save needs to come back byte for
+byte: its archive name, alignment, records in order (small ones with their text) and its
+pickle, zlib-compressed. It holds nothing that depends on tensor values (the CRC-32s and
+torch's ``serialization_id`` are computed again at checkout), so one tensor changed leaves
+it as it was. Checkout writes that layout only while it still describes the manifest's tree
+and tensors (the pickle is read again, as at ``git add``, and must give that tree); else,
+and for files other tools wrote, git-theta's own layout, which loads to the same object.
 
 Node kinds: ``{"tensor": name}`` (with ``"requires_grad": true`` when set), ``{"parameter":
 name, "requires_grad": bool}``, ``{"dict": [[key, value], ...]}``, ``{"odict": [...]}``,
@@ -31,7 +41,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,7 +66,7 @@ from git_theta.tensors import (
     numel,
     word_dtype,
 )
-from git_theta.zipstream import ZipStream
+from git_theta.zipstream import Skeleton, TorchZipStream, Writable, ZipStream
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
 _TORCH_DTYPE_NAMES = frozenset(DTYPES) | {"qint8", "quint8", "qint32", "complex32"}
@@ -282,9 +292,11 @@ class _Unpickler(pickle.Unpickler):
         _, kind, key, _location, count = pid
         if not isinstance(kind, _StorageType) or not isinstance(key, str):
             raise pickle.UnpicklingError("invalid storage reference")
+        if type(count) is not int or not 0 <= count < 1 << 62:
+            raise pickle.UnpicklingError(f"storage {key!r:.40} has an invalid size")
         storage = self.storages.get(key)
         if storage is None:
-            storage = self.storages[key] = _Storage(key, kind.dtype, int(count))
+            storage = self.storages[key] = _Storage(key, kind.dtype, count)
         return storage
 
 
@@ -300,16 +312,43 @@ MAX_TEXT = 16 << 20  # bytes of one string or bytes value
 MAX_PICKLE = 64 << 20  # bytes of data.pkl (inflated)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A tensor as the manifest stores it: its storage's key, dtype and stored shape."""
+
+    key: str
+    dtype: DType
+    shape: tuple[int, ...]
+
+
+def _standard_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """C-order strides as torch computes them (a size-0 dimension counts as 1)."""
+    strides, acc = [], 1
+    for dim in reversed(shape):
+        strides.append(acc)
+        acc *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
 class _TreeBuilder:
-    """Turns the unpickled object into JSON nodes and collects its tensors."""
+    """Turns the unpickled object into JSON nodes and collects its tensors.
+
+    A storage that one plain tensor uses whole (offset 0, C-order strides, every element)
+    is stored as that tensor, under the tensor's name; a tensor that views the same storage
+    the same way (tied weights) is an alias of it. Any other storage (a transposed or
+    sliced tensor, several views of one buffer, a view that repeats elements) is stored
+    whole as a 1-D tensor named after its first view, and every tensor node on it carries
+    its ``view`` (shape, strides and, when not 0, the offset in elements), so the file's
+    storages come back as they were. Storages are classified once every tensor is seen.
+    """
 
     def __init__(self, display_name: str) -> None:
         self.display_name = display_name
         self._values = 0
-        self.tensors: dict[str, _TensorRef] = {}
+        self.tensors: dict[str, _Stored] = {}
         self.aliases: dict[str, str] = {}
-        self._names: dict[int, str] = {}  # id(_TensorRef) -> name
-        self._views: dict[tuple[Any, ...], str] = {}  # identical view -> first name
+        self.storage_names: dict[str, str] = {}  # storage key -> stored tensor name
+        self._occurrences: list[tuple[dict[str, Any], _TensorRef, list[str]]] = []
         self._seen: dict[int, tuple[dict[str, Any], int, int]] = {}  # id -> node, size, height
         self._deepest = 0
 
@@ -321,26 +360,84 @@ class _TreeBuilder:
         return candidate
 
     def _tensor(self, ref: _TensorRef, path: list[str]) -> dict[str, Any]:
-        name = self._names.get(id(ref))
-        if name is None:
-            name = self._unique("/".join(path) if path else "tensor")
-            self._names[id(ref)] = name
-            view = (ref.storage.key, ref.offset, ref.shape, ref.stride, ref.dtype.name)
-            if view in self._views:
-                self.aliases[name] = self._views[view]
-            else:
-                self._views[view] = name
-                self.tensors[name] = ref
         node: dict[str, Any]
         if ref.parameter:
-            node = {"parameter": name, "requires_grad": ref.param_requires_grad}
+            node = {"parameter": "", "requires_grad": ref.param_requires_grad}
         else:
-            node = {"tensor": name}
+            node = {"tensor": ""}
             if ref.requires_grad:
                 node["requires_grad"] = True
-        if _repeats(ref.shape, ref.stride):  # stored as the span it covers; rebuilt as this view
-            node["view"] = {"shape": list(ref.shape), "stride": list(ref.stride)}
+        self._occurrences.append((node, ref, path))  # named by finish()
         return node
+
+    def finish(self) -> None:
+        """Classifies each storage (see the class) and names every tensor node."""
+        by_key: dict[str, list[_TensorRef]] = {}
+        for _, ref, _ in self._occurrences:
+            by_key.setdefault(ref.storage.key, []).append(ref)
+        plain: dict[str, bool] = {}
+        for key, refs in by_key.items():
+            plain[key] = self._classify(key, refs)
+        names: dict[int, str] = {}  # id(_TensorRef) -> name, for plain storages
+        for node, ref, path in self._occurrences:
+            kind = "parameter" if ref.parameter else "tensor"
+            key = ref.storage.key
+            if plain[key]:
+                name = names.get(id(ref))
+                if name is None:
+                    name = names[id(ref)] = self._unique("/".join(path) if path else "tensor")
+                    first = self.storage_names.setdefault(key, name)
+                    if first != name:  # the same view of the same storage: tied weights
+                        self.aliases[name] = first
+                    else:
+                        self.tensors[name] = _Stored(key, ref.dtype, ref.shape)
+                node[kind] = name
+                continue
+            name = self.storage_names.get(key)
+            if name is None:
+                name = self.storage_names[key] = self._unique("/".join(path) if path else "tensor")
+                count = _storage_bytes(ref.storage, ref.dtype) // ref.dtype.itemsize
+                self.tensors[name] = _Stored(key, ref.dtype, (count,))
+            view: dict[str, Any] = {"shape": list(ref.shape), "stride": list(ref.stride)}
+            if ref.offset:
+                view["offset"] = ref.offset
+            node[kind] = name
+            node["view"] = view
+
+    def _classify(self, key: str, refs: list[_TensorRef]) -> bool:
+        """Whether storage ``key`` is plain (see the class); checks every view fits it."""
+        dtypes = sorted({ref.dtype.name for ref in refs})
+        if len(dtypes) > 1:
+            raise NotACheckpointError(
+                self.display_name,
+                f"storage {key} is viewed as both {dtypes[0]} and {dtypes[1]}, which "
+                "torch.save never writes",
+            )
+        dtype = refs[0].dtype
+        size = _storage_bytes(refs[0].storage, dtype)
+        if size % dtype.itemsize:
+            raise NotACheckpointError(
+                self.display_name,
+                f"storage {key} holds {size} bytes, not a whole number of {dtype.name} values",
+            )
+        for ref in refs:
+            if (
+                numel(ref.shape)
+                and (ref.offset + _span(ref.shape, ref.stride)) * (dtype.itemsize) > size
+            ):
+                raise NotACheckpointError(
+                    self.display_name, f"a tensor on storage {key} points outside it"
+                )
+        views = {(ref.offset, ref.shape, ref.stride) for ref in refs}
+        if len(views) != 1:
+            return False
+        ((offset, shape, stride),) = views
+        count = numel(shape)  # an empty tensor's strides do not matter to its values
+        return (
+            offset == 0
+            and (stride == _standard_strides(shape) or count == 0)
+            and count * dtype.itemsize == size
+        )
 
     def _too(self, what: str) -> NotACheckpointError:
         return NotACheckpointError(
@@ -469,58 +566,24 @@ def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
     return 1 + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))
 
 
-def _repeats(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
-    """Whether the view has more elements than the storage it spans (a stride of 0, or
-    overlapping strides): it is then stored as that span, not expanded, so a few bytes can
-    never become gigabytes, and it is rebuilt as the same view."""
-    return numel(shape) > _span(shape, stride)
+def _storage_bytes(storage: _Storage, dtype: DType) -> int:
+    """Bytes of a storage as its pickle declares them (a typed storage counts elements)."""
+    if storage.dtype is None:
+        return storage.numel
+    if storage.dtype.name != dtype.name:
+        raise pickle.UnpicklingError(
+            f"storage {storage.key} of {storage.dtype.name} is viewed as {dtype.name}"
+        )
+    return storage.numel * dtype.itemsize
 
 
-def _stored_shape(ref: _TensorRef) -> tuple[int, ...]:
-    return (_span(ref.shape, ref.stride),) if _repeats(ref.shape, ref.stride) else ref.shape
-
-
-def _tensor_loader(file: SharedFile, start: int, ref: _TensorRef) -> Any:
-    itemsize = ref.dtype.itemsize
-    word = word_dtype(itemsize)
-    count = numel(ref.shape)
+def _member_loader(file: SharedFile, start: int, size: int, dtype: DType) -> Any:
+    word = word_dtype(dtype.itemsize)
 
     def load() -> np.ndarray:
-        if count == 0:
-            return np.zeros(0, dtype=word)
-        # read only the span the view covers (bounds were checked against the storage)
-        span = _span(ref.shape, ref.stride)
-        data = read_range(file, start + ref.offset * itemsize, span * itemsize)
-        if count > span or (span == count and _is_contiguous(ref)):  # repeats, or plain
-            return data.view(word)
-        view = np.lib.stride_tricks.as_strided(
-            data.view(np.dtype(f"V{itemsize}")),
-            shape=ref.shape,
-            strides=[s * itemsize for s in ref.stride],
-            writeable=False,
-        )
-        return np.ascontiguousarray(view).reshape(-1).view(word)
+        return read_range(file, start, size).view(word)
 
     return load
-
-
-def _is_contiguous(ref: _TensorRef) -> bool:
-    expected = 1
-    for dim, stride in zip(reversed(ref.shape), reversed(ref.stride), strict=True):
-        if dim != 1 and stride != expected:
-            return False
-        expected *= dim
-    return True
-
-
-def _check_bounds(name: str, ref: _TensorRef, storage_bytes: int) -> None:
-    if len(ref.shape) != len(ref.stride) or any(d < 0 for d in ref.shape) or ref.offset < 0:
-        raise ValueError(f"tensor `{name}` has an invalid shape or stride")
-    if numel(ref.shape) == 0:
-        return
-    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
-    if any(s < 0 for s in ref.stride) or (last + 1) * ref.dtype.itemsize > storage_bytes:
-        raise ValueError(f"tensor `{name}` points outside its storage")
 
 
 class PyTorchFormat:
@@ -584,42 +647,48 @@ class PyTorchFormat:
         byteorder = prefix + "byteorder"
         if byteorder in infos and _read_small(archive, byteorder, 16, display_name) != b"little":
             raise UnsupportedError(f"{display_name}: big-endian torch files are not supported")
-        unpickler = _Unpickler(_read_small(archive, pkl, MAX_PICKLE, display_name), display_name)
-        root = unpickler.load()
-        builder = _TreeBuilder(display_name)
-        tree = builder.node(root, [])
-        offsets: dict[str, tuple[int, int]] = {}
-        for key in unpickler.storages:
+        data_pkl = _read_small(archive, pkl, MAX_PICKLE, display_name)
+        parsed = _parse(data_pkl, display_name)
+        members: dict[str, zipfile.ZipInfo] = {}
+        for key in parsed.storages:
             info = infos.get(f"{prefix}data/{key}")
             if info is None:
                 raise ValueError(f"storage {key} is missing from the archive")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise ValueError(f"storage {key} is compressed")
-            offsets[key] = (_member_data_offset(f, info), info.file_size)
+            members[key] = info
         size = path.stat().st_size
-        for start, length in offsets.values():
-            if start + length > size:
-                raise ValueError("the file is truncated")
         shared = SharedFile(path)
         tensors: dict[str, TensorData] = {}
-        for name, ref in builder.tensors.items():
-            start, length = offsets[ref.storage.key]
-            _check_bounds(name, ref, length)
-            tensors[name] = TensorData(
-                ref.dtype.name, _stored_shape(ref), _tensor_loader(shared, start, ref)
-            )
-        for name, target in builder.aliases.items():
-            _check_bounds(
-                name, builder.tensors[target], offsets[builder.tensors[target].storage.key][1]
-            )
-        return Checkpoint({"name": self.name, "root": tree}, tensors, builder.aliases)
+        for name, stored in parsed.tensors.items():
+            info = members[stored.key]
+            declared = _storage_bytes(parsed.storages[stored.key], stored.dtype)
+            if info.file_size != declared:
+                raise ValueError(
+                    f"storage {stored.key} holds {info.file_size} bytes where its pickle "
+                    f"declares {declared}"
+                )
+            start = _member_data_offset(f, info)
+            if start + info.file_size > size:
+                raise ValueError("the file is truncated")
+            load = _member_loader(shared, start, info.file_size, stored.dtype)
+            tensors[name] = TensorData(stored.dtype.name, stored.shape, load)
+        fmt: dict[str, Any] = {"name": self.name, "root": parsed.tree}
+        layout = _Layout(f, size, archive, prefix, data_pkl, parsed, display_name).record()
+        if layout is not None:
+            fmt["archive"] = layout
+        return Checkpoint(fmt, tensors, parsed.aliases)
 
     def write_order(
         self, fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
     ) -> list[str]:
         """Names of the stored tensors in the order ``write`` loads them."""
+        root = _checked_root(fmt, tensors, aliases)
+        plan = _exact_plan(fmt, tensors, aliases)
+        if plan is not None:
+            return [name for _, _, name in plan.records if name is not None]
         emitter = _PickleEmitter(tensors, aliases)
-        emitter.dumps(_checked_root(fmt, tensors, aliases))
+        emitter.dumps(root)
         return [emitter.storage_order[key] for key in _member_order(emitter, tensors)]
 
     def write(
@@ -629,19 +698,283 @@ class PyTorchFormat:
         aliases: Mapping[str, str],
         out: BinaryIO,
     ) -> None:
-        emitter = _PickleEmitter(tensors, aliases)
-        data_pkl = emitter.dumps(_checked_root(fmt, tensors, aliases))
-        archive = ZipStream(out, align=_ALIGN)
-        archive.add("archive/data.pkl", data_pkl)
-        archive.add("archive/.format_version", b"1")
-        archive.add("archive/.storage_alignment", b"64")
-        archive.add("archive/byteorder", b"little")
-        for key in _member_order(emitter, tensors):
-            name = emitter.storage_order[key]
+        """The file back: byte for byte as it was when the manifest records its layout
+        (``archive``) and that record still describes these tensors; else git-theta's own
+        layout, which holds the same tree and tensors."""
+        root = _checked_root(fmt, tensors, aliases)
+
+        def member(name: str) -> tuple[memoryview, int | None]:
             tensor = tensors[name]  # its CRC-32 recorded at `git add`, when the manifest has it
-            archive.add(f"archive/data/{key}", tensor.load().data.cast("B"), tensor.crc32)
-        archive.add("archive/version", b"3\n")
-        archive.close()
+            return tensor.load().data.cast("B"), tensor.crc32
+
+        plan = _exact_plan(fmt, tensors, aliases)
+        if plan is not None:
+            _write_torch(plan, out, member)
+        else:
+            _write_canonical(root, tensors, aliases, out, member)
+
+
+Member = Callable[[str], tuple[memoryview | int, int | None]]
+
+
+def _write_canonical(
+    root: Any,
+    tensors: Mapping[str, TensorData],
+    aliases: Mapping[str, str],
+    out: Writable,
+    member: Member,
+) -> None:
+    """git-theta's own layout: archive name ``archive``, a pickle emitted from the tree,
+    storages smallest first (so git gets bytes while large tensors are still decoded)."""
+    emitter = _PickleEmitter(tensors, aliases)
+    data_pkl = emitter.dumps(root)
+    archive = ZipStream(out, align=_ALIGN)
+    archive.add("archive/data.pkl", data_pkl)
+    archive.add("archive/.format_version", b"1")
+    archive.add("archive/.storage_alignment", b"64")
+    archive.add("archive/byteorder", b"little")
+    for key in _member_order(emitter, tensors):
+        archive.add(f"archive/data/{key}", *member(emitter.storage_order[key]))
+    archive.add("archive/version", b"3\n")
+    archive.close()
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to write a file in torch.save's own layout: its archive name, alignment, pickle,
+    and records in file order as (name, recorded text, stored tensor name of a storage)."""
+
+    prefix: str
+    align: int
+    pickle: bytes
+    records: list[tuple[str, str | None, str | None]]
+
+
+_SERIALIZATION_ID = ".data/serialization_id"
+
+
+def _write_torch(plan: _Plan, out: Writable, member: Member) -> None:
+    archive = TorchZipStream(out, plan.prefix, plan.align)
+    for name, text, tensor in plan.records:
+        if tensor is not None:
+            archive.add(name, *member(tensor))
+        elif name == "data.pkl":
+            archive.add(name, plan.pickle)
+        elif name == _SERIALIZATION_ID:  # torch's own: a hash of the record names (recorded)
+            # and the records' CRC-32s folded together, which depends on the data
+            archive.add(name, f"{text}{archive.combined_crc:020d}".encode())
+        else:
+            archive.add(name, (text or "").encode())
+    archive.close()
+
+
+class _Layout:
+    """Finds, at ``git add``, what a file's zip layout needs recorded so that checkout
+    rebuilds it byte for byte: nothing when git-theta's own layout rebuilds it; its archive
+    name, records and pickle when torch.save's layout does; nothing either when neither
+    does (a file some other tool wrote: it comes back tensor-exact, in git-theta's layout).
+    Each candidate is checked by writing its headers (not the data) and comparing them
+    with the file's bytes."""
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        size: int,
+        archive: zipfile.ZipFile,
+        prefix: str,
+        data_pkl: bytes,
+        parsed: _Parsed,
+        display_name: str,
+    ) -> None:
+        self.f, self.size, self.archive = f, size, archive
+        self.prefix, self.data_pkl, self.parsed = prefix, data_pkl, parsed
+        self.display_name = display_name
+        self.members = sorted(archive.infolist(), key=lambda info: info.header_offset)
+        by_name = {info.filename: info for info in self.members}
+        self.crcs = {
+            name: by_name[f"{prefix}data/{stored.key}"].CRC
+            for name, stored in parsed.tensors.items()
+        }
+
+    def _read(self, offset: int, length: int) -> bytes:
+        self.f.seek(offset)
+        return self.f.read(length)
+
+    def _member(self, name: str) -> tuple[int, int]:
+        stored = self.parsed.tensors[name]
+        return numel(stored.shape) * stored.dtype.itemsize, self.crcs[name]
+
+    def record(self) -> dict[str, Any] | None:
+        if self.prefix == "archive/":
+            skeleton = Skeleton()
+            shapes = {
+                name: TensorData(stored.dtype.name, stored.shape, _no_data)
+                for name, stored in self.parsed.tensors.items()
+            }
+            _write_canonical(self.parsed.tree, shapes, self.parsed.aliases, skeleton, self._member)
+            if skeleton.matches(self._read, self.size):
+                return None
+        return self._torch()
+
+    def _torch(self) -> dict[str, Any] | None:
+        names = {stored.key: name for name, stored in self.parsed.tensors.items()}
+        records: list[list[Any]] = []
+        plan_records: list[tuple[str, str | None, str | None]] = []
+        for info in self.members:
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+                return None
+            rel = info.filename[len(self.prefix) :]
+            text: str | None = None
+            tensor = names.pop(rel[len("data/") :], None) if rel.startswith("data/") else None
+            if tensor is None and rel != "data.pkl":
+                if rel not in _KNOWN_RECORDS or info.file_size > 64:
+                    return None
+                try:
+                    text = _read_small(self.archive, info.filename, 64, self.display_name).decode(
+                        "utf-8"
+                    )
+                except UnicodeDecodeError:
+                    return None
+                if rel == _SERIALIZATION_ID:
+                    if len(text) != 40 or not text.isascii() or not text.isdigit():
+                        return None
+                    text = text[:20]  # the CRC part is computed at checkout
+            records.append([rel, text])
+            plan_records.append((rel, text, tensor))
+        if names:  # a storage with no member of its own
+            return None
+        alignment = next((t for r, t, _ in plan_records if r == ".storage_alignment"), None)
+        align = int(alignment) if alignment and alignment.isdigit() else _ALIGN
+        if not 1 <= align <= MAX_ALIGN:
+            return None
+        plan = _Plan(self.prefix[:-1], align, self.data_pkl, plan_records)
+        skeleton = Skeleton()
+        _write_torch(plan, skeleton, self._member)
+        if not skeleton.matches(self._read, self.size):
+            return None
+        return {
+            "layout": "torch",
+            "name": plan.prefix,
+            "align": align,
+            "pickle": base64.b64encode(zlib.compress(self.data_pkl, 9)).decode("ascii"),
+            "records": records,
+        }
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """A checkpoint's pickle taken apart: the tree, the stored tensors, aliases, storages."""
+
+    tree: Any
+    tensors: dict[str, _Stored]
+    aliases: dict[str, str]
+    storages: dict[str, _Storage]
+
+
+def _parse(data: bytes, display_name: str) -> _Parsed:
+    unpickler = _Unpickler(data, display_name)
+    root = unpickler.load()
+    builder = _TreeBuilder(display_name)
+    tree = builder.node(root, [])
+    builder.finish()
+    return _Parsed(tree, builder.tensors, builder.aliases, unpickler.storages)
+
+
+def layout_fits(
+    fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+) -> bool:
+    """Whether the manifest's recorded layout (``archive``) is sound and still describes
+    this tree and these tensors, so ``write`` rebuilds the file in torch.save's layout."""
+    try:
+        return _exact_plan(fmt, tensors, aliases) is not None
+    except ManifestError:
+        return False
+
+
+def _exact_plan(
+    fmt: Mapping[str, Any], tensors: Mapping[str, TensorData], aliases: Mapping[str, str]
+) -> _Plan | None:
+    """The recorded torch.save layout, when the manifest has one and it still describes
+    this tree and these tensors (a merge or an edit may have changed them: the file is
+    then written in git-theta's layout). Its pickle is read again as at ``git add`` (only
+    allowed globals) and must give the manifest's tree: the file never holds a pickle
+    other than the one the tree stands for."""
+    record = fmt.get("archive")
+    if record is None:
+        return None
+
+    def fail(what: str) -> ManifestError:
+        return ManifestError(f"pytorch manifest's `archive` {what}: {_DAMAGED}")
+
+    if not isinstance(record, dict) or set(record) != {
+        "layout",
+        "name",
+        "align",
+        "pickle",
+        "records",
+    }:
+        raise fail("does not have the keys layout, name, align, pickle and records")
+    name, align, packed, records = (record[k] for k in ("name", "align", "pickle", "records"))
+    if record["layout"] != "torch":
+        raise fail(f"has an unknown layout `{record['layout']!s:.40}`")
+    if not (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and _encodable(name)
+        and not set(name) & {"/", "\\", "\0"}
+    ):
+        raise fail("has an invalid archive name")
+    if type(align) is not int or not 1 <= align <= MAX_ALIGN:
+        raise fail("has an invalid alignment")
+    if not isinstance(packed, str) or not isinstance(records, list):
+        raise fail("has an invalid pickle or record list")
+    try:
+        inflater = zlib.decompressobj()
+        data_pkl = inflater.decompress(base64.b64decode(packed, validate=True), MAX_PICKLE + 1)
+    except (ValueError, zlib.error):
+        raise fail("holds a pickle that is not zlib data in base64") from None
+    if len(data_pkl) > MAX_PICKLE or not inflater.eof:
+        raise fail(f"holds a pickle longer than {MAX_PICKLE} bytes or cut short")
+    try:
+        parsed = _parse(data_pkl, "the manifest's recorded pickle")
+    except (ThetaError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise fail(f"holds a pickle git-theta cannot read ({exc})") from None
+    except (AttributeError, IndexError, KeyError, OverflowError, struct.error) as exc:
+        raise fail(f"holds a pickle git-theta cannot read ({exc})") from None
+    if parsed.tree != fmt.get("root") or parsed.aliases != dict(aliases):
+        return None
+    stored = {n: (t.dtype.name, t.shape) for n, t in parsed.tensors.items()}
+    if stored != {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}:
+        return None
+    names = {t.key: n for n, t in parsed.tensors.items()}
+    plan: list[tuple[str, str | None, str | None]] = []
+    seen: set[str] = set()
+    for entry in records:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise fail("has a record that is not a [name, text] pair")
+        rel, text = entry
+        if rel in seen:
+            raise fail(f"lists record `{rel:.60}` twice")
+        seen.add(rel)
+        tensor = names.pop(rel[len("data/") :], None) if rel.startswith("data/") else None
+        if tensor is not None or rel == "data.pkl":
+            if text is not None:
+                raise fail(f"gives a text for record `{rel}`")
+        elif rel not in _KNOWN_RECORDS or not isinstance(text, str) or len(text) > 64:
+            raise fail(f"has an unknown or invalid record `{rel:.60}`")
+        elif rel == _SERIALIZATION_ID and not (len(text) == 20 and text.isdigit()):
+            raise fail("has an invalid serialization id")
+        plan.append((rel, text, tensor))
+    if names or "data.pkl" not in seen:
+        raise fail("does not list the pickle and every storage once")
+    return _Plan(name, align, data_pkl, plan)
+
+
+def _no_data() -> np.ndarray:
+    raise AssertionError("a skeleton is written without tensor data")
+
+
+MAX_ALIGN = 1 << 16
 
 
 _KEY_KINDS = frozenset(
@@ -678,7 +1011,6 @@ class _TreeChecker:
         self.tensors = tensors
         self.aliases = aliases
         self.values = 0
-        self._views: dict[str, Any] = {}  # tensor -> the view every node of it has
 
     def fail(self, what: str) -> ManifestError:
         return ManifestError(f"pytorch manifest {what}: {_DAMAGED}")
@@ -791,22 +1123,26 @@ class _TreeChecker:
         if target not in self.tensors:
             raise self.fail(f"refers to unknown tensor `{name}`")
         view = node.get("view")
-        if self._views.setdefault(target, view) != view:
-            raise self.fail(f"uses tensor `{target}` both as a view and as a whole")
         if view is not None:
             self._view(name, view, self.tensors[target])
 
     def _view(self, name: str, view: Any, record: TensorData) -> None:
+        """A view is over a stored 1-D tensor (a storage) and must fit inside it."""
         try:
-            if not isinstance(view, dict) or set(view) != {"shape", "stride"}:
+            if not isinstance(view, dict) or not {"shape", "stride"} <= set(view) <= {
+                "shape",
+                "stride",
+                "offset",
+            }:
                 raise pickle.UnpicklingError("keys")
-            _, shape, stride = _view(0, view["shape"], view["stride"])
+            offset, shape, stride = _view(view.get("offset", 0), view["shape"], view["stride"])
         except pickle.UnpicklingError:
             raise self.fail(f"has an invalid view of tensor `{name}`") from None
-        # as the reader records views: ones that repeat elements, over exactly their span
-        if not _repeats(shape, stride) or list(record.shape) != [_span(shape, stride)]:
+        if len(record.shape) != 1 or (
+            numel(shape) and offset + _span(shape, stride) > record.shape[0]
+        ):
             raise self.fail(
-                f"has a view of tensor `{name}` that does not repeat the {record.shape} "
+                f"has a view of tensor `{name}` that does not fit the {list(record.shape)} "
                 "elements it stores"
             )
 
@@ -947,17 +1283,13 @@ class _PickleEmitter:
         count = numel(record.shape)
         self._int(count * dtype.itemsize if v3 else count)
         self._w(b"tQ")
-        self._int(0)
-        if view is not None:  # a view stored as the span it covers (checked to fit)
+        self._int(view.get("offset", 0) if view is not None else 0)
+        if view is not None:  # a view of a stored storage (checked to fit)
             self._tuple(list(view["shape"]), self._int)
             self._tuple(list(view["stride"]), self._int)
         else:
             self._tuple(list(record.shape), self._int)
-            strides, acc = [], 1
-            for dim in reversed(record.shape):
-                strides.append(acc)
-                acc *= dim
-            self._tuple(list(reversed(strides)), self._int)
+            self._tuple(list(_standard_strides(tuple(record.shape))), self._int)
         self._w(b"\x88" if requires_grad else b"\x89")
         self._global("collections", "OrderedDict")
         self._w(b")R")
