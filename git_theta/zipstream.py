@@ -75,10 +75,11 @@ def _sized(data: bytes | memoryview | int, crc: int | None) -> tuple[memoryview 
 
 
 def _member(out: Writable, data: bytes | memoryview | int) -> int:
-    """Writes a member's data (or skips it: ``data`` is its size, ``out`` a Skeleton)."""
+    """Writes a member's data (or skips it: ``data`` is its size, ``out`` a Skeleton or a
+    Comparison)."""
     if isinstance(data, int):
-        if not isinstance(out, Skeleton):
-            raise TypeError("member sizes stand in for data only when writing a Skeleton")
+        if not isinstance(out, (Skeleton, Comparison)):
+            raise TypeError("member sizes stand in for data only when checking a layout")
         out.skip(data)
         return data
     out.write(data)
@@ -326,3 +327,189 @@ class TorchZipStream:
                 0,
             )
         )
+
+
+class Comparison:
+    """Stands in for the output: compares what is written with a file's bytes at the same
+    offsets as it goes (member data may be skipped), holding nothing."""
+
+    def __init__(self, read: Callable[[int, int], bytes], size: int) -> None:
+        self._read = read
+        self._size = size
+        self.offset = 0
+        self.same = True
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        length = memoryview(data).nbytes
+        if self.same and self._read(self.offset, length) != data:
+            self.same = False
+        self.offset += length
+        return length
+
+    def skip(self, size: int) -> None:
+        self.offset += size
+
+    def matches(self) -> bool:
+        return self.same and self.offset == self._size
+
+
+PY_ZIP64_LIMIT = (1 << 31) - 1  # Python's zipfile needs ZIP64 fields past 2 GiB
+
+
+@dataclass(frozen=True)
+class PyMember:
+    """What Python's zipfile writes of one member besides its data (the knobs a writer such
+    as ``np.savez`` sets): name, method (0 stored, 8 deflated), DOS time and date, external
+    attributes, the system that made it, and whether the local header's sizes were forced
+    into a ZIP64 field."""
+
+    name: str
+    method: int
+    time: int
+    date: int
+    attr: int
+    system: int
+    zip64: bool
+
+
+class PyZipStream:
+    """The layout Python's ``zipfile`` writes to a seekable file: sizes and CRC in the local
+    header (written after the data, in place), no data descriptor, a central directory, and
+    ZIP64 records past 2 GiB. A member's data is given whole (deflated members are compressed
+    here, with zlib's default level, raw deflate, as zipfile does)."""
+
+    def __init__(self, out: Writable) -> None:
+        self.out = out
+        self.offset = 0
+        self.entries: list[tuple[PyMember, bytes, int, int, int, int]] = []
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.out.write(data)
+        self.offset += memoryview(data).nbytes
+
+    def add(
+        self,
+        member: PyMember,
+        pieces: list[bytes | memoryview] | int,
+        crc: int | None = None,
+        compressed: int | None = None,
+    ) -> None:
+        """One member from its data ``pieces``; or, for a Skeleton, its size (with its
+        ``crc`` and ``compressed`` size, when deflated)."""
+        body: list[bytes | memoryview] | None
+        if isinstance(pieces, int):
+            if crc is None or (member.method == 8 and compressed is None):
+                raise TypeError("a member given by its size needs its CRC-32 and stored size")
+            size, body = pieces, None
+            stored = compressed if member.method == 8 else size
+        else:
+            size = sum(memoryview(p).nbytes for p in pieces)
+            crc = 0
+            for piece in pieces:
+                crc = zlib.crc32(piece, crc)
+            if member.method == 8:
+                deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+                chunks = [deflate.compress(piece) for piece in pieces]
+                chunks.append(deflate.flush())
+                body = [chunk for chunk in chunks if chunk]
+            else:
+                body = list(pieces)
+            stored = sum(memoryview(p).nbytes for p in body)
+        assert stored is not None
+        encoded, flags = _py_name(member.name)
+        zip64 = member.zip64 or size > PY_ZIP64_LIMIT or stored > PY_ZIP64_LIMIT
+        extra = struct.pack("<HHQQ", 1, 16, size, stored) if zip64 else b""
+        version = 45 if zip64 else 20
+        shown_size, shown_stored = (_SENTINEL, _SENTINEL) if zip64 else (size, stored)
+        header_offset = self.offset
+        self._write(
+            struct.pack(
+                "<4sBBHHHHIIIHH",
+                b"PK\x03\x04",
+                version,
+                0,
+                *_py_fields(member, flags, crc),
+                shown_stored,
+                shown_size,
+                len(encoded),
+                len(extra),
+            )
+            + encoded
+            + extra
+        )
+        if body is None:
+            self.offset += _member(self.out, stored)
+        else:
+            for piece in body:
+                self._write(piece)
+        self.entries.append((member, encoded, crc, size, stored, header_offset))
+
+    def close(self) -> None:
+        start = self.offset
+        for member, encoded, crc, size, stored, header_offset in self.entries:
+            fields = [size, stored] if size > PY_ZIP64_LIMIT or stored > PY_ZIP64_LIMIT else []
+            if header_offset > PY_ZIP64_LIMIT:
+                fields.append(header_offset)
+            extra = (
+                struct.pack(f"<HH{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
+            )
+            big = size > PY_ZIP64_LIMIT or stored > PY_ZIP64_LIMIT
+            version = 45 if fields or member.zip64 else 20
+            _, flags = _py_name(member.name)
+            self._write(
+                struct.pack(
+                    "<4sBBBBHHHHIIIHHHHHII",
+                    b"PK\x01\x02",
+                    version,
+                    member.system,
+                    version,
+                    0,
+                    *_py_fields(member, flags, crc),
+                    _SENTINEL if big else stored,
+                    _SENTINEL if big else size,
+                    len(encoded),
+                    len(extra),
+                    0,
+                    0,
+                    0,
+                    member.attr,
+                    _SENTINEL if header_offset > PY_ZIP64_LIMIT else header_offset,
+                )
+                + encoded
+                + extra
+            )
+        count, cd_size = len(self.entries), self.offset - start
+        if count > 0xFFFF or start > PY_ZIP64_LIMIT or cd_size > PY_ZIP64_LIMIT:
+            end64 = self.offset
+            self._write(
+                struct.pack(
+                    "<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, start
+                )
+                + struct.pack("<4sIQI", b"PK\x06\x07", 0, end64, 1)
+            )
+        self._write(
+            struct.pack(
+                "<4sHHHHIIH",
+                b"PK\x05\x06",
+                0,
+                0,
+                min(count, 0xFFFF),
+                min(count, 0xFFFF),
+                min(cd_size, _SENTINEL),
+                min(start, _SENTINEL),
+                0,
+            )
+        )
+
+
+def _py_fields(member: PyMember, flags: int, crc: int) -> tuple[int, int, int, int, int]:
+    """The fields local and central headers share: flags, method, time, date, CRC-32."""
+    return flags, member.method, member.time, member.date, crc
+
+
+def _py_name(name: str) -> tuple[bytes, int]:
+    """A member name as zipfile encodes it: ASCII, else UTF-8 with flag bit 11."""
+    try:
+        return name.encode("ascii"), 0
+    except UnicodeEncodeError:
+        return name.encode("utf-8"), 0x800

@@ -121,11 +121,24 @@ def make_pytorch(path: Path) -> None:
     )
 
 
+def make_numpy(path: Path) -> None:
+    rng = np.random.default_rng(13)
+    with open(path, "wb") as f:  # np.savez of a path would add ".npz" to it
+        np.savez_compressed(
+            f,
+            w=rng.standard_normal((6, 4)).astype(np.float32),
+            ids=np.arange(5, dtype=">i8"),
+            fortran=np.asfortranarray(rng.standard_normal((3, 2))),
+            empty=np.zeros((0, 3), np.int8),
+        )
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "safetensors": make_safetensors,
     "pytorch": make_pytorch,
+    "numpy": make_numpy,
 }
-MISLEADING_NAMES = {"safetensors": "model.pt", "pytorch": "model.safetensors"}
+MISLEADING_NAMES = {"safetensors": "model.pt", "pytorch": "model.safetensors", "numpy": "m.pt"}
 
 
 # ------------------------------------------------------------------------- the contract
@@ -228,7 +241,7 @@ def test_unknown_content_is_not_a_checkpoint(tmp_path: Path, content: bytes) -> 
         formats.detect(path, "model.safetensors")
     assert str(info.value) == (
         "model.safetensors: not a checkpoint git-theta can read: its content is not in any "
-        "known format (safetensors, pytorch)"
+        "known format (safetensors, pytorch, numpy)"
     )
 
 
@@ -311,7 +324,9 @@ def test_safetensors_truncated_before_its_data(tmp_path: Path, size: int) -> Non
     path = _cut_safetensors(tmp_path, size)
     with pytest.raises(NotACheckpointError) as info:
         formats.detect(path, "weights.bin")
-    assert info.value.reason == "its content is not in any known format (safetensors, pytorch)"
+    assert (
+        info.value.reason == "its content is not in any known format (safetensors, pytorch, numpy)"
+    )
     with pytest.raises(NotACheckpointError) as info:
         formats.get("safetensors").read(path, "weights.bin")
     assert info.value.path == "weights.bin"
@@ -644,7 +659,9 @@ def test_pytorch_legacy_non_zip_format_is_not_a_checkpoint(tmp_path: Path) -> No
     torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
     with pytest.raises(NotACheckpointError) as info:
         read(path)
-    assert info.value.reason == "its content is not in any known format (safetensors, pytorch)"
+    assert (
+        info.value.reason == "its content is not in any known format (safetensors, pytorch, numpy)"
+    )
 
 
 class Tiny(torch.nn.Module):

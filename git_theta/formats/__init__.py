@@ -18,6 +18,7 @@ __all__ = ["Checkpoint", "Format", "TensorData", "Unclaimed", "detect", "get", "
 _BUILTIN = {
     "safetensors": "git_theta.formats.safetensors:SafetensorsFormat",
     "pytorch": "git_theta.formats.pytorch:PyTorchFormat",
+    "numpy": "git_theta.formats.npy:NumpyFormat",
 }
 # formats no file is detected as: chosen by the filter for what no format claims
 _FALLBACK = {"file": "git_theta.formats.whole:WholeFile"}
