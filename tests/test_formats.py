@@ -133,12 +133,24 @@ def make_numpy(path: Path) -> None:
         )
 
 
+def make_gguf(path: Path) -> None:
+    from tests.test_gguf import make_gguf as write
+
+    write(path)
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "safetensors": make_safetensors,
     "pytorch": make_pytorch,
     "numpy": make_numpy,
+    "gguf": make_gguf,
 }
-MISLEADING_NAMES = {"safetensors": "model.pt", "pytorch": "model.safetensors", "numpy": "m.pt"}
+MISLEADING_NAMES = {
+    "safetensors": "model.pt",
+    "pytorch": "model.safetensors",
+    "numpy": "m.pt",
+    "gguf": "m.npy",
+}
 
 
 # ------------------------------------------------------------------------- the contract
@@ -241,15 +253,15 @@ def test_unknown_content_is_not_a_checkpoint(tmp_path: Path, content: bytes) -> 
         formats.detect(path, "model.safetensors")
     assert str(info.value) == (
         "model.safetensors: not a checkpoint git-theta can read: its content is not in any "
-        "known format (safetensors, pytorch, numpy)"
+        "known format (safetensors, pytorch, numpy, gguf)"
     )
 
 
 def test_unknown_format_name() -> None:
     with pytest.raises(UnsupportedError) as info:
-        formats.get("gguf")
+        formats.get("onnx")
     assert str(info.value) == (
-        "checkpoint format `gguf` is not known to this git-theta: install the plugin that "
+        "checkpoint format `onnx` is not known to this git-theta: install the plugin that "
         "provides it, or upgrade git-theta"
     )
 
@@ -325,7 +337,8 @@ def test_safetensors_truncated_before_its_data(tmp_path: Path, size: int) -> Non
     with pytest.raises(NotACheckpointError) as info:
         formats.detect(path, "weights.bin")
     assert (
-        info.value.reason == "its content is not in any known format (safetensors, pytorch, numpy)"
+        info.value.reason
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
     )
     with pytest.raises(NotACheckpointError) as info:
         formats.get("safetensors").read(path, "weights.bin")
@@ -660,7 +673,8 @@ def test_pytorch_legacy_non_zip_format_is_not_a_checkpoint(tmp_path: Path) -> No
     with pytest.raises(NotACheckpointError) as info:
         read(path)
     assert (
-        info.value.reason == "its content is not in any known format (safetensors, pytorch, numpy)"
+        info.value.reason
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
     )
 
 

@@ -78,7 +78,8 @@ def test_a_plain_zip_and_an_npz_are_not_pytorch(tmp_path: Path) -> None:
     with pytest.raises(NotACheckpointError) as info:
         formats.detect(plain, plain.name)
     assert (
-        info.value.reason == "its content is not in any known format (safetensors, pytorch, numpy)"
+        info.value.reason
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
     )
     from safetensors.numpy import save_file
 

@@ -19,6 +19,7 @@ _BUILTIN = {
     "safetensors": "git_theta.formats.safetensors:SafetensorsFormat",
     "pytorch": "git_theta.formats.pytorch:PyTorchFormat",
     "numpy": "git_theta.formats.npy:NumpyFormat",
+    "gguf": "git_theta.formats.gguf:GgufFormat",
 }
 # formats no file is detected as: chosen by the filter for what no format claims
 _FALLBACK = {"file": "git_theta.formats.whole:WholeFile"}
