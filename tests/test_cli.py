@@ -48,7 +48,7 @@ INSTALLED = (
 )
 NOT_A_CHECKPOINT = (
     "{name}: not a checkpoint git-theta can read: its content is not in any known format "
-    "(safetensors, pytorch, numpy, gguf)"
+    "(safetensors, pytorch, numpy, gguf, flax)"
 )
 BAD_PATTERN = (
     "git-theta: error: pattern {pattern!r} cannot be written to .gitattributes "

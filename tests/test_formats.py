@@ -139,17 +139,25 @@ def make_gguf(path: Path) -> None:
     write(path)
 
 
+def make_flax(path: Path) -> None:
+    from tests.test_flax import make_flax as write
+
+    write(path)
+
+
 MAKERS: dict[str, Callable[[Path], None]] = {
     "safetensors": make_safetensors,
     "pytorch": make_pytorch,
     "numpy": make_numpy,
     "gguf": make_gguf,
+    "flax": make_flax,
 }
 MISLEADING_NAMES = {
     "safetensors": "model.pt",
     "pytorch": "model.safetensors",
     "numpy": "m.pt",
     "gguf": "m.npy",
+    "flax": "m.gguf",
 }
 
 
@@ -253,7 +261,7 @@ def test_unknown_content_is_not_a_checkpoint(tmp_path: Path, content: bytes) -> 
         formats.detect(path, "model.safetensors")
     assert str(info.value) == (
         "model.safetensors: not a checkpoint git-theta can read: its content is not in any "
-        "known format (safetensors, pytorch, numpy, gguf)"
+        "known format (safetensors, pytorch, numpy, gguf, flax)"
     )
 
 
@@ -338,7 +346,7 @@ def test_safetensors_truncated_before_its_data(tmp_path: Path, size: int) -> Non
         formats.detect(path, "weights.bin")
     assert (
         info.value.reason
-        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf, flax)"
     )
     with pytest.raises(NotACheckpointError) as info:
         formats.get("safetensors").read(path, "weights.bin")
@@ -674,7 +682,7 @@ def test_pytorch_legacy_non_zip_format_is_not_a_checkpoint(tmp_path: Path) -> No
         read(path)
     assert (
         info.value.reason
-        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf, flax)"
     )
 
 

@@ -79,7 +79,7 @@ def test_a_plain_zip_and_an_npz_are_not_pytorch(tmp_path: Path) -> None:
         formats.detect(plain, plain.name)
     assert (
         info.value.reason
-        == "its content is not in any known format (safetensors, pytorch, numpy, gguf)"
+        == "its content is not in any known format (safetensors, pytorch, numpy, gguf, flax)"
     )
     from safetensors.numpy import save_file
 

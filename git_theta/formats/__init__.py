@@ -20,6 +20,7 @@ _BUILTIN = {
     "pytorch": "git_theta.formats.pytorch:PyTorchFormat",
     "numpy": "git_theta.formats.npy:NumpyFormat",
     "gguf": "git_theta.formats.gguf:GgufFormat",
+    "flax": "git_theta.formats.flax:FlaxFormat",
 }
 # formats no file is detected as: chosen by the filter for what no format claims
 _FALLBACK = {"file": "git_theta.formats.whole:WholeFile"}
