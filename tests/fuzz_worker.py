@@ -48,6 +48,25 @@ def _library_loads(name: str, data: bytes) -> None:
         from safetensors.numpy import load
 
         load(data)
+    elif name == "numpy":
+        import numpy as np
+
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(loaded, np.ndarray):
+            [loaded[key] for key in loaded.files]
+    elif name == "gguf":
+        import tempfile
+
+        import gguf
+
+        with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+            f.write(data)
+            f.flush()
+            [t.data for t in gguf.GGUFReader(f.name).tensors]
+    elif name == "flax":
+        import msgpack
+
+        msgpack.unpackb(data, strict_map_key=False)
 
 
 class Worker:

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -122,8 +123,43 @@ def _safetensors_seed() -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
+def _numpy_seeds() -> tuple[bytes, bytes, bytes]:
+    gen = np.random.default_rng(2)
+    arrays = {"w": gen.standard_normal((4, 3)).astype(np.float32), "i": np.arange(5, dtype=">i8")}
+    seeds = []
+    for save_one in (
+        lambda f: np.save(f, arrays["w"]),
+        lambda f: np.savez(f, **arrays),
+        lambda f: np.savez_compressed(f, **arrays),
+    ):
+        buf = io.BytesIO()
+        save_one(buf)
+        seeds.append(buf.getvalue())
+    return seeds[0], seeds[1], seeds[2]
+
+
+def _gguf_seed() -> bytes:
+    import tempfile
+
+    from tests.test_gguf import make_gguf
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.gguf"
+        make_gguf(path)
+        return path.read_bytes()
+
+
+def _flax_seed() -> bytes:
+    from tests.test_flax import make_state, to_bytes
+
+    return to_bytes(make_state())
+
+
 PYTORCH = _pytorch_seed()
 SAFETENSORS = _safetensors_seed()
+NPY, NPZ, NPZ_DEFLATED = _numpy_seeds()
+GGUF = _gguf_seed()
+FLAX = _flax_seed()
 
 
 def _zip_fields(data: bytes) -> list[int]:
@@ -199,9 +235,19 @@ FUZZ = settings(
 
 
 def test_the_seeds_round_trip(worker: Worker) -> None:
-    for name, seed in (("model.pt", PYTORCH), ("model.safetensors", SAFETENSORS)):
+    seeds = (
+        ("model.pt", PYTORCH),
+        ("model.safetensors", SAFETENSORS),
+        ("a.npy", NPY),
+        ("a.npz", NPZ),
+        ("b.npz", NPZ_DEFLATED),
+        ("m.gguf", GGUF),
+        ("s.msgpack", FLAX),
+    )
+    for name, seed in seeds:
         answer = worker.ask("file", seed, name)
         assert "manifest" in answer, answer
+        assert answer["identical"] or name == "model.pt", name
     assert worker.ask("file", SAFETENSORS, "model.safetensors")["identical"] is True
 
 
@@ -219,6 +265,44 @@ def test_mutated_safetensors_files(worker: Worker, data: bytes) -> None:
     answer = worker.ask("file", data, "model.safetensors")
     _assert_clear(answer)
     if "manifest" in answer:  # safetensors files come back byte-identical
+        assert answer["identical"], data
+
+
+def _first_bytes(data: bytes, count: int) -> list[int]:
+    """The first ``count`` offsets: headers, counts and lengths live there."""
+    return list(range(min(count, len(data))))
+
+
+@pytest.mark.timeout(600)
+@FUZZ
+@given(
+    data=st.one_of(
+        _mutated(NPY, _first_bytes(NPY, 12)),
+        _mutated(NPZ, _zip_fields(NPZ)),
+        _mutated(NPZ_DEFLATED, _zip_fields(NPZ_DEFLATED)),
+    )
+)
+def test_mutated_numpy_files(worker: Worker, data: bytes) -> None:
+    _assert_clear(worker.ask("file", data, "arrays.npz"))
+
+
+@pytest.mark.timeout(600)
+@FUZZ
+@given(data=_mutated(GGUF, _first_bytes(GGUF, 600)))
+def test_mutated_gguf_files(worker: Worker, data: bytes) -> None:
+    answer = worker.ask("file", data, "model.gguf")
+    _assert_clear(answer)
+    if "manifest" in answer and data[:4] == b"GGUF":
+        assert answer["identical"], data
+
+
+@pytest.mark.timeout(600)
+@FUZZ
+@given(data=_mutated(FLAX, _first_bytes(FLAX, 400)))
+def test_mutated_flax_files(worker: Worker, data: bytes) -> None:
+    answer = worker.ask("file", data, "state.msgpack")
+    _assert_clear(answer)
+    if "manifest" in answer and json.loads(answer["manifest"])["format"]["name"] == "flax":
         assert answer["identical"], data
 
 

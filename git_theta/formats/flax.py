@@ -32,6 +32,7 @@ MAX_DEPTH = 100
 MAX_VALUES = 1_000_000
 MAX_SKELETON = 64 << 20  # bytes of the file that are not array data
 _ARRAY_EXT = (1, 3)  # flax: ndarray, NumPy scalar
+_COMPLEX_EXT = 2  # flax: a Python complex
 _FLAX_DTYPES = {name: name for name in DTYPES}  # flax writes numpy's dtype names
 
 
@@ -132,9 +133,13 @@ class _Walk:
         end = self.pos + length
         if end > self.size:
             raise ValueError("the file is truncated")
-        if kind not in _ARRAY_EXT:
+        if kind == _COMPLEX_EXT:  # a Python complex: its msgpack [real, imag], kept as is
             self.take(length)
             return
+        if kind not in _ARRAY_EXT:
+            raise ValueError(
+                f"it holds a msgpack extension of type {kind}, which flax never writes"
+            )
         # an array: [shape, dtype name, bin]
         if self.take(1) != b"\x93":
             raise ValueError("an array extension does not hold [shape, dtype, data]")

@@ -63,6 +63,7 @@ _CANONICAL = {
 }
 _SAVEZ_DATE = (0 << 9) | (1 << 5) | 1  # 1980-01-01, as np.savez dates its members
 _SAVEZ_ATTR = 0o600 << 16
+_DEFLATE_MAX_RATIO = 1032  # deflate never inflates further than this
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def _parse(head: bytes, where: str) -> _Array:
     if head[:6] != MAGIC or len(head) < 10:
         raise ValueError(f"{where} is not a .npy array (no \\x93NUMPY magic)")
     major = head[6]
+    if head[7] != 0:
+        raise ValueError(f"{where} has .npy version {major}.{head[7]}, which is not known")
     if major == 1:
         (length,), start = struct.unpack("<H", head[8:10]), 10
     elif major in (2, 3) and len(head) >= 12:
@@ -201,7 +204,17 @@ class NumpyFormat:
             raise NotACheckpointError(
                 display_name, f"truncated or corrupt .npz archive ({exc})"
             ) from exc
-        except (ValueError, KeyError, OSError, EOFError, zlib.error, struct.error) as exc:
+        except (
+            ValueError,
+            KeyError,
+            OSError,
+            EOFError,
+            OverflowError,
+            zlib.error,
+            struct.error,
+            NotImplementedError,  # zipfile: a zip version or compression method it lacks
+            RuntimeError,  # zipfile: an encrypted member
+        ) as exc:
             raise NotACheckpointError(display_name, f"invalid NumPy file: {exc}") from exc
 
     def _read_npy(self, f: BinaryIO, path: Path, display_name: str) -> Checkpoint:
@@ -323,6 +336,10 @@ class _NpzReader:
                     f"{self.display_name}: {where} is encrypted or compressed other than "
                     "with deflate: save the arrays with np.savez or np.savez_compressed"
                 )
+            if info.compress_type == zipfile.ZIP_DEFLATED and (
+                info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024
+            ):
+                raise ValueError(f"{where} claims more bytes than deflate can give")
             with archive.open(info) as member:
                 array = _parse(member.read(12 + MAX_HEADER), where)
             if len(array.header) + array.nbytes != info.file_size:
@@ -334,6 +351,8 @@ class _NpzReader:
                 array.stored_dtype, array.stored_shape, self._loader(shared, info, array)
             )
             arrays.append((info, array))
+        if not arrays:
+            raise ValueError("the archive holds no arrays")
         entries = self._layout(arrays, exact=True)
         if entries is None:
             entries = self._layout(arrays, exact=False)
