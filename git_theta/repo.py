@@ -36,12 +36,19 @@ class Repo:
         self.object_format = location.object_format
         self.git_config = git_config
         self._hook_checked = False
+        self.source_url: str | None = None  # the git URL a cached clone (``api``) is of
 
     @classmethod
-    def open(cls, start: Path | str) -> Repo:
-        """The repository whose work tree holds ``start``; raises NotARepositoryError."""
-        location = git.locate(Path(start))
+    def open(cls, start: Path | str, bare_ok: bool = False) -> Repo:
+        """The repository whose work tree holds ``start`` (or, when ``bare_ok``, the bare
+        repository at ``start``); raises NotARepositoryError."""
+        location = git.locate(Path(start), bare_ok)
         return cls(location, git.read_config(location.top))
+
+    @property
+    def bare(self) -> bool:
+        """Whether this is a bare repository (no work tree; ``top`` is its git directory)."""
+        return self.location.bare
 
     @classmethod
     def find(cls, start: Path | str) -> Repo | None:

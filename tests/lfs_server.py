@@ -88,6 +88,27 @@ class LfsServer:
                 self.proc.wait()
         self.proc = None
 
+    def requests(self) -> list[str]:
+        """The HTTP requests the server has answered, as its log lists them ("POST
+        /test/repo/objects/batch"…), oldest first."""
+        if not self.log.exists():
+            return []
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            start = line.find('"')
+            end = line.find(" HTTP/", start)
+            if start >= 0 and end > start:
+                found.append(line[start + 1 : end])
+        return found
+
+    def downloads(self) -> list[str]:
+        """Object downloads the server has answered (their oids), oldest first."""
+        return [
+            r.split("?")[0].rsplit("/", 1)[-1]
+            for r in self.requests()
+            if r.startswith("GET ") and "/objects/" in r
+        ]
+
     def objects(self) -> set[str]:
         """Names of the object files the server stores."""
         return {p.name for p in self.storage.rglob("*") if p.is_file()}

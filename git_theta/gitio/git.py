@@ -63,31 +63,42 @@ class Location:
     hooks_dir: Path  # where git runs hooks from (core.hooksPath or <common dir>/hooks)
     object_format: str  # "sha1" or "sha256"
     prefix: str  # the starting directory relative to ``top`` ("" at the top, else "a/b/")
+    bare: bool = False  # a bare repository: no work tree, ``top`` is the git directory
 
 
-def locate(start: Path) -> Location:
-    """The repository around ``start``, in one ``git rev-parse``; raises NotARepositoryError
-    outside a work tree."""
+# what `git rev-parse` reports of a repository besides its work tree: git directory, common
+# directory, hooks directory, object format
+_DIRS = ["--absolute-git-dir", "--git-common-dir", "--git-path", "hooks", "--show-object-format"]
+
+
+def locate(start: Path, bare_ok: bool = False) -> Location:
+    """The repository around ``start``, in one ``git rev-parse`` (and, when ``bare_ok``, a
+    second for a bare repository); raises NotARepositoryError outside any."""
     proc = run(
-        [
-            "rev-parse",
-            "--path-format=absolute",
-            "--show-toplevel",
-            "--absolute-git-dir",
-            "--git-common-dir",
-            "--git-path",
-            "hooks",
-            "--show-object-format",
-            "--show-prefix",
-        ],
+        ["rev-parse", "--path-format=absolute", "--show-toplevel", *_DIRS, "--show-prefix"],
         start,
         check=False,
     )
     lines = decode_path(proc.stdout).split("\n")
     if proc.returncode != 0 or len(lines) < 6 or not lines[0]:
+        if bare_ok:
+            return _locate_bare(start)
         raise NotARepositoryError(str(start.resolve()))
     top, git_dir, common, hooks, fmt, prefix = lines[:6]
     return Location(Path(top), Path(git_dir), Path(common), Path(hooks), fmt, prefix)
+
+
+def _locate_bare(start: Path) -> Location:
+    """A bare repository at ``start`` (its ``top`` is its git directory, where git commands
+    run); raises NotARepositoryError when there is none."""
+    proc = run(
+        ["rev-parse", "--path-format=absolute", "--is-bare-repository", *_DIRS], start, check=False
+    )
+    lines = decode_path(proc.stdout).split("\n")
+    if proc.returncode != 0 or len(lines) < 5 or lines[0] != "true":
+        raise NotARepositoryError(str(start.resolve()))
+    _, git_dir, common, hooks, fmt = lines[:5]
+    return Location(Path(git_dir), Path(git_dir), Path(common), Path(hooks), fmt, "", bare=True)
 
 
 def read_config(top: Path | None) -> dict[str, str]:
