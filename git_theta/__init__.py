@@ -6,7 +6,7 @@ from typing import Any
 
 # the Python API (git_theta.api), imported on first use: the filter imports this package
 # and must not pay for it
-_API = ("load", "open", "Checkpoint", "repository")
+_API = ("load", "open", "save", "runs", "diff", "log", "Checkpoint", "repository")
 
 
 def __getattr__(name: str) -> Any:

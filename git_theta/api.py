@@ -326,3 +326,77 @@ def json_key(node: Mapping[str, Any]) -> str:
     import json
 
     return json.dumps(node, sort_keys=True)
+
+
+def _local(repo: str | os.PathLike[str]) -> Repo:
+    found = repository(repo)
+    if found.source_url:
+        raise UsageError(
+            f"{found.source_url} is a URL: save, runs, diff and log work in a local clone"
+        )
+    return found
+
+
+def save(
+    state: Any,
+    path: str,
+    repo: str | os.PathLike[str] = ".",
+    message: str | None = None,
+    branch: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Commit ``state`` as the checkpoint ``path`` on ``branch``, leaving the work tree and
+    the index alone; returns the commit id.
+
+    ``state`` is written in the format ``path``'s extension names (``.pt``/``.pth``/
+    ``.bin``/``.ckpt``: ``torch.save``; ``.safetensors``; ``.npz``; ``.npy``), then stored
+    as ``git add`` would (only changed tensors cost objects). ``branch`` is made from HEAD
+    when it does not exist; it must not be the branch checked out in this work tree (a bare
+    repository saves to HEAD's branch when ``branch`` is None). ``metadata``
+    (hyperparameters, metrics: JSON values under keys of letters, digits, ``_``, ``.``,
+    ``-``) goes in the commit as trailers, ``Theta-<key>: <JSON>``, which ``runs`` and
+    ``git theta runs`` read back. Safe beside a concurrent ``save`` to another branch.
+    """
+    from git_theta import experiments as runs_lib
+
+    found = _local(repo)
+    if branch is None:
+        head = found.git(["symbolic-ref", "--quiet", "--short", "HEAD"], check=False)
+        if not found.bare or head.returncode != 0:
+            raise UsageError(
+                "save needs branch=: it never touches the work tree, so it commits to a "
+                "branch that is not checked out (made from HEAD when new)"
+            )
+        branch = head.stdout.decode().strip()
+    with tempfile.TemporaryDirectory(prefix="theta-save-") as tmp:
+        file = Path(tmp) / Path(path).name
+        runs_lib.serialize(state, path, file)
+        return runs_lib.save_file(found, file, path, branch, message or f"save {path}", metadata)
+
+
+def runs(repo: str | os.PathLike[str] = ".", pattern: str | None = None) -> list[Any]:
+    """Every branch (matching the glob ``pattern``) with its latest commit's id, date,
+    subject and metadata (``save``'s trailers): a table of experiments."""
+    from git_theta import experiments as runs_lib
+
+    return runs_lib.runs(_local(repo), pattern)
+
+
+def diff(
+    revs: Iterable[str] = (), paths: Iterable[str] = (), repo: str | os.PathLike[str] = "."
+) -> list[Any]:
+    """What ``git theta diff REVS -- PATHS`` prints, as data: one ``FileDiff`` per
+    checkpoint (tensors added, removed, modified with their figures; values changed)."""
+    from git_theta import diffs
+
+    return diffs.diff(_local(repo), list(revs), list(paths), cached=False)
+
+
+def log(
+    revs: Iterable[str] = (), paths: Iterable[str] = (), repo: str | os.PathLike[str] = "."
+) -> list[Any]:
+    """What ``git theta log REVS -- PATHS`` prints, as data: per commit, the checkpoints it
+    changed and the bytes of objects it newly stored."""
+    from git_theta import diffs
+
+    return diffs.log(_local(repo), list(revs), list(paths))

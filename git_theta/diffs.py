@@ -3,10 +3,11 @@ commit (``git theta log``), or one shown (``git theta show``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from git_theta import diffing
+from git_theta import diffing, experiments
 from git_theta import filter as theta_filter
 from git_theta.errors import ManifestError, UsageError
 from git_theta.gitio import git
@@ -161,6 +162,7 @@ class LogEntry:
     commit: str
     subject: str
     files: list[LoggedFile]
+    metadata: dict[str, Any] = field(default_factory=dict)  # a run's trailers (``runs``)
 
 
 def log(repo: Repo, revs: list[str], pathspecs: list[str]) -> list[LogEntry]:
@@ -210,6 +212,17 @@ def log(repo: Repo, revs: list[str], pathspecs: list[str]) -> list[LogEntry]:
             files.append(LoggedFile(diffing.compare(None, path, before, after, False), fresh))
         if files:
             result.append(LogEntry(sha, subject, files))
+    if result:
+        bodies = repo.git(
+            ["log", "--no-walk=unsorted", "--format=%H%x00%B%x00", *[e.commit for e in result]]
+        )
+        fields = bodies.stdout.decode(errors="replace").split("\0")
+        metadata = {
+            fields[i].strip(): experiments.parse_trailers(fields[i + 1])
+            for i in range(0, len(fields) - 1, 2)
+        }
+        for entry in result:
+            entry.metadata = metadata.get(entry.commit, {})
     return result
 
 

@@ -180,3 +180,85 @@ def test_open_of_a_2_gib_checkpoint_reads_one_tensor_in_bounded_memory(repo: Rep
     assert "(64, 1024, 1024)" in proc.stdout
     assert int(before_kib) < 200 * 1024  # listing read no tensor data
     assert int(after_kib) < int(before_kib) + 2 * 256 * 1024 + 64 * 1024  # one 256 MiB tensor
+
+
+def _sweep_repo(repo: Repo) -> None:
+    (repo.path / "notes.txt").write_text("work in progress\n")
+    (repo.path / "README").write_text("staged\n")
+    repo.git("add", "README")
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_saves_a_branch_per_setting_without_touching_the_work_tree(repo: Repo) -> None:
+    _commit(repo, _model(0), "base")
+    _sweep_repo(repo)
+    status = repo.status()
+    saved: dict[str, list[tuple[str, OrderedDict[str, torch.Tensor]]]] = {}
+    for lr in (0.1, 0.01, 0.001):
+        branch = f"sweep/lr-{lr}"
+        for run in range(2):
+            state = _model(int(lr * 1000) + run)
+            metadata = {"lr": lr, "run": run, "metrics": {"loss": round(1 / (run + 1), 3)}}
+            sha = git_theta.save(
+                state,
+                "model.pt",
+                repo=repo.path,
+                message=f"lr {lr} run {run}",
+                branch=branch,
+                metadata=metadata,
+            )
+            saved.setdefault(branch, []).append((sha, state))
+    assert repo.status() == status  # the work tree and the index as they were
+    assert repo.git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "main"
+    runs = {run.branch: run for run in git_theta.runs(repo=repo.path, pattern="sweep/*")}
+    assert sorted(runs) == ["sweep/lr-0.001", "sweep/lr-0.01", "sweep/lr-0.1"]
+    assert runs["sweep/lr-0.01"].metadata == {"lr": 0.01, "run": 1, "metrics": {"loss": 0.5}}
+    assert runs["sweep/lr-0.01"].subject == "lr 0.01 run 1"
+    for branch, commits in saved.items():
+        count = repo.git("rev-list", "--count", f"main..{branch}").stdout.strip()
+        assert count == "2", branch
+        assert runs[branch].commit == commits[-1][0]
+        for sha, state in commits:
+            back = git_theta.load("model.pt", rev=sha, repo=repo.path, framework="torch")
+            assert_same_object(state, back)
+    table = repo.theta("runs", "sweep/*").stdout.splitlines()
+    assert table[0].split() == ["branch", "commit", "date", "lr", "metrics", "run"]
+    assert table[1].split()[0] == "sweep/lr-0.001" and table[1].split()[-1] == "1"
+    log = repo.theta("log", "sweep/lr-0.1~1..sweep/lr-0.1").stdout
+    assert '  lr: 0.1\n  run: 1\n  metrics: {"loss": 0.5}\n' in log
+    repo.git("stash", "-q", "--include-untracked")
+    repo.git("switch", "-q", "sweep/lr-0.1")  # a saved commit checks out as any other
+    assert_same_object(saved["sweep/lr-0.1"][-1][1], torch.load(repo.path / "model.pt"))
+    assert repo.status() == ""
+
+
+def test_save_refuses_what_would_touch_the_work_tree_or_lose_data(repo: Repo) -> None:
+    _commit(repo, _model(0), "base")
+    with pytest.raises(UsageError) as info:
+        git_theta.save(_model(1), "model.pt", repo=repo.path)
+    assert "save needs branch=" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        git_theta.save(_model(1), "model.pt", repo=repo.path, branch="main")
+    assert str(info.value).startswith("`main` is checked out here")
+    with pytest.raises(UsageError) as info:
+        git_theta.save(_model(1), "other.pt", repo=repo.path, branch="b")
+    assert "`other.pt` is not tracked by git-theta" in str(info.value)
+    with pytest.raises(UsageError) as info:
+        git_theta.save(_model(1), "model.pt", repo=repo.path, branch="b", metadata={"a b": 1})
+    assert "metadata key 'a b' cannot be a commit trailer" in str(info.value)
+    assert repo.git("branch", "--list", "b").stdout == ""
+
+
+def test_concurrent_saves_to_two_branches_both_land(repo: Repo) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _commit(repo, _model(0), "base")
+
+    def save(branch: str, seed: int) -> str:
+        return git_theta.save(_model(seed), "model.pt", repo=repo.path, branch=branch)
+
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(save, ["x", "y", "x", "y"], [1, 2, 3, 4]))
+    assert len(set(done)) == 4
+    for branch in ("x", "y"):
+        assert repo.git("rev-list", "--count", f"main..{branch}").stdout.strip() == "2"

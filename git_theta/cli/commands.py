@@ -39,6 +39,7 @@ def _register() -> None:
         merging.resolve,
         diffs.diff,
         diffs.log,
+        diffs.runs,
         diffs.show,
         diffs.diff_driver,
         diffs.textconv,

@@ -213,12 +213,40 @@ def log(ctx: click.Context, revs: tuple[str, ...]) -> None:
     repo = Repo.open(Path.cwd())
     for entry in diffs_lib.log(repo, list(revs), ctx.meta["pathspecs"]):
         click.echo(f"commit {entry.commit} {entry.subject}")
+        for key, value in entry.metadata.items():
+            click.echo(f"  {key}: {json.dumps(value, sort_keys=True)}")
         for item in entry.files:
             d = item.diff
             click.echo(
                 f"  {d.path}: {d.count('added')} added, {d.count('removed')} removed, "
                 f"{d.count('modified')} modified tensors; {size_text(item.new_bytes)} newly stored"
             )
+
+
+@click.command()
+@click.argument("pattern", required=False)
+def runs(pattern: str | None) -> None:
+    """Every branch with its latest commit's metadata: [PATTERN] (a glob of branch names).
+
+    The metadata are what `git_theta.save(..., metadata=...)` stored in the commit as
+    trailers (`Theta-<key>: <JSON>`): one row per branch, one column per key.
+    """
+    from git_theta import experiments as runs_lib
+    from git_theta.repo import Repo
+
+    found = runs_lib.runs(Repo.open(Path.cwd(), bare_ok=True), pattern)
+    keys = sorted({key for run in found for key in run.metadata})
+    rows = [["branch", "commit", "date", *keys]]
+    for run in found:
+        shown = [
+            json.dumps(run.metadata[k], sort_keys=True) if k in run.metadata else "-" for k in keys
+        ]
+        rows.append([run.branch, run.commit[:12], run.date, *shown])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 @click.command()
