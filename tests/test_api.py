@@ -262,3 +262,28 @@ def test_concurrent_saves_to_two_branches_both_land(repo: Repo) -> None:
     assert len(set(done)) == 4
     for branch in ("x", "y"):
         assert repo.git("rev-list", "--count", f"main..{branch}").stdout.strip() == "2"
+
+
+def test_the_readme_python_examples_run_as_written(repo: Repo) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Python API") : readme.index("## Supported checkpoints")]
+    blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(8, 4).state_dict(), repo.path / "model.pt")
+    repo.commit_file("model.pt", "v1")
+    repo.git("tag", "v1")
+    script = "\n".join(blocks) + textwrap.dedent(
+        """
+        assert torch.equal(net.bias, torch.from_numpy(bias))
+        assert sorted(run.branch for run in git_theta.runs(pattern="sweep/*")) == [
+            "sweep/lr-0.001", "sweep/lr-0.01"
+        ]
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo.path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[:2] == ["bias float32 (4,)", "weight float32 (4, 8)"]
+    assert repo.status() == ""
