@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from git_theta import api
 
         return getattr(api, name)
+    if name == "CheckpointManager":
+        from git_theta.manager import CheckpointManager
+
+        return CheckpointManager
     raise AttributeError(f"module 'git_theta' has no attribute {name!r}")
