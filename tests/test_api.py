@@ -268,7 +268,7 @@ def test_the_readme_python_examples_run_as_written(repo: Repo) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Python API") : readme.index("## Supported checkpoints")]
     blocks = [part.split("```", 1)[0] for part in section.split("```python\n")[1:]]
-    assert len(blocks) == 2
+    assert len(blocks) == 4
     torch.manual_seed(0)
     torch.save(torch.nn.Linear(8, 4).state_dict(), repo.path / "model.pt")
     repo.commit_file("model.pt", "v1")
@@ -279,6 +279,7 @@ def test_the_readme_python_examples_run_as_written(repo: Repo) -> None:
         assert sorted(run.branch for run in git_theta.runs(pattern="sweep/*")) == [
             "sweep/lr-0.001", "sweep/lr-0.01"
         ]
+        assert (manager.steps(), manager.latest(), manager.best()) == ([2, 3, 4], 4, 4)
         """
     )
     proc = subprocess.run(
@@ -286,4 +287,5 @@ def test_the_readme_python_examples_run_as_written(repo: Repo) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:2] == ["bias float32 (4,)", "weight float32 (4, 8)"]
+    assert proc.stdout.splitlines()[-1] == "[2, 3, 4] 4 4"
     assert repo.status() == ""

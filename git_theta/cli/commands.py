@@ -22,7 +22,17 @@ def root() -> None:
 
 
 def _register() -> None:
-    from git_theta.cli import diffs, files, filters, maintenance, merging, remote, setup, track
+    from git_theta.cli import (
+        diffs,
+        files,
+        filters,
+        maintenance,
+        merging,
+        models,
+        remote,
+        setup,
+        track,
+    )
 
     for command in (
         setup.install,
@@ -40,6 +50,7 @@ def _register() -> None:
         diffs.diff,
         diffs.log,
         diffs.runs,
+        models.registry,
         diffs.show,
         diffs.diff_driver,
         diffs.textconv,
