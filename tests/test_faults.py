@@ -73,6 +73,13 @@ def _fsck(repo: Repo) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _all_check_out(repo: Repo, history: dict[str, str]) -> None:
+    """Every commit of ``history`` (commit -> sha256 of its model.pt) checks out bit-exact."""
+    for sha, expected in history.items():
+        repo.git("checkout", "-q", sha, "--", "model.pt")
+        assert _sha(repo.path / "model.pt") == expected, sha
+
+
 def _delays(seed: int, longest: float) -> list[float]:
     rng = random.Random(seed)
     return [rng.uniform(0.01, longest) for _ in range(KILLS)]
@@ -89,9 +96,7 @@ def test_git_add_killed_at_random_points(repo: Repo) -> None:
         repo.git("add", "model.pt")  # the next run succeeds
         repo.git("commit", "-q", "-m", f"v{i}")
         committed[repo.git("rev-parse", "HEAD").stdout.strip()] = expected
-    for sha, expected in committed.items():
-        repo.git("checkout", "-q", sha, "--", "model.pt")
-        assert _sha(repo.path / "model.pt") == expected
+    _all_check_out(repo, committed)
     record(
         f"SIGKILL at {KILLS} random points",
         "git add",
@@ -132,9 +137,7 @@ def test_git_theta_gc_killed_at_random_points(repo: Repo) -> None:
         _killed(repo, ["git", "theta", "gc", "--prune=now"], delay)
         _fsck(repo)
     repo.theta("gc", "--prune=now")
-    for sha, expected in kept.items():
-        repo.git("checkout", "-q", sha, "--", "model.pt")
-        assert _sha(repo.path / "model.pt") == expected
+    _all_check_out(repo, kept)
     record(
         f"SIGKILL at {KILLS} random points",
         "git theta gc",
@@ -156,9 +159,7 @@ def test_git_push_killed_at_random_points(
         _fsck(a)
         a.git("push", "-q", "origin", "main")  # the next push completes
     b, _ = clone(bare, tmp_path / "b")
-    for sha, expected in history.items():
-        b.git("checkout", "-q", sha, "--", "model.pt")
-        assert _sha(b.path / "model.pt") == expected
+    _all_check_out(b, history)
     record(
         f"SIGKILL at {KILLS} random points",
         "git push",
