@@ -8,11 +8,14 @@ must check out bit-exact. Each case, when it passes, adds its row to the README'
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import random
 import signal
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -227,4 +230,117 @@ def test_an_object_missing_or_corrupt_on_the_server(
         f"an object {damage} on the LFS server",
         "git clone",
         "one line naming the tensor; nothing bad stored; `git theta checkout` after a repair works",
+    )
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    """An LFS endpoint that fails every request the way ``server.mode`` says."""
+
+    def _fail(self) -> None:
+        mode = self.server.mode  # type: ignore[attr-defined]
+        if mode == "stalls":  # until the test stops the server
+            self.server.stopping.wait(60)  # type: ignore[attr-defined]
+            return
+        if mode == "closes the connection":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = json.dumps({"message": "internal error"}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/vnd.git-lfs+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _fail
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _BrokenServer(http.server.ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True  # server_close waits for every request's thread
+
+    def __init__(self, mode: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Broken)
+        self.mode = mode
+        self.stopping = threading.Event()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/test/repo"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.shutdown()
+        self.server_close()
+
+
+def _point_at(repo: Repo, url: str) -> None:
+    for key, value in (
+        ("lfs.url", url),
+        (f"lfs.{url}.locksverify", "false"),
+        ("lfs.activitytimeout", "2"),
+        ("lfs.transfer.maxretries", "1"),
+        ("lfs.transfer.maxretrydelay", "1"),
+    ):
+        repo.git("config", key, value)
+
+
+BROKEN = ["answers 500", "closes the connection", "stalls"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", BROKEN)
+def test_an_lfs_server_that_fails_a_push(shared: tuple[Repo, Path, LfsServer], mode: str) -> None:
+    a, _, server = shared
+    expected = _save(a, seed=8)
+    a.commit_file("model.pt", "v1")
+    broken = _BrokenServer(mode)
+    _point_at(a, broken.url)
+    try:
+        proc = a.git("push", "origin", "main", check=False)
+    finally:
+        broken.stop()
+    assert proc.returncode != 0
+    lines = _theta_lines(proc.stderr)
+    assert len(lines) == 1 and "could not upload objects for tensors" in lines[0], proc.stderr
+    _fsck(a)
+    _point_at(a, server.url)
+    a.git("push", "-q", "origin", "main")
+    assert _sha(a.path / "model.pt") == expected
+    record(
+        f"LFS server {mode}",
+        "git push",
+        "one line naming the remote and tensors; the push to a working server completes",
+    )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", BROKEN)
+def test_an_lfs_server_that_fails_a_checkout(
+    shared: tuple[Repo, Path, LfsServer], tmp_path: Path, mode: str
+) -> None:
+    a, bare, server, expected = _pushed(shared)
+    b, _ = clone(bare, tmp_path / "b")
+    for found in (b.path / ".git" / "lfs").rglob("*"):
+        if found.is_file():
+            found.unlink()
+    (b.path / "model.pt").unlink()
+    broken = _BrokenServer(mode)
+    _point_at(b, broken.url)
+    try:
+        proc = b.theta("checkout", check=False)
+    finally:
+        broken.stop()
+    assert proc.returncode != 0
+    lines = _theta_lines(proc.stderr)
+    assert len(lines) == 1 and "could not download objects for tensors" in lines[0], proc.stderr
+    assert not (b.path / "model.pt").exists()
+    _point_at(b, server.url)
+    b.theta("checkout")
+    assert _sha(b.path / "model.pt") == expected
+    record(
+        f"LFS server {mode}",
+        "git theta checkout",
+        "one line naming the tensors; nothing written; the checkout from a working server works",
     )
