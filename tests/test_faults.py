@@ -15,6 +15,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -65,10 +66,14 @@ def _killed(repo: Repo, args: list[str], delay: float) -> int:
 
 
 def _after_kill(repo: Repo) -> None:
-    """What a user does after a killed git command, as git says: remove its lock."""
+    """What a user does after a killed git command: remove the lock git says to remove, and
+    the temporary files git gives a merge driver (``.merge_file_*``), which git deletes only
+    when the merge ends."""
     lock = repo.path / ".git" / "index.lock"
     if lock.exists():
         lock.unlink()
+    for left in repo.path.glob(".merge_file_*"):
+        left.unlink()
 
 
 def _fsck(repo: Repo) -> None:
@@ -343,4 +348,99 @@ def test_an_lfs_server_that_fails_a_checkout(
         f"LFS server {mode}",
         "git theta checkout",
         "one line naming the tensors; nothing written; the checkout from a working server works",
+    )
+
+
+@pytest.mark.timeout(600)
+def test_git_merge_killed_at_random_points_in_the_merge_driver(repo: Repo) -> None:
+    state = seeded_state_dict(n=16, size=384, seed=9)
+    torch.save(state, repo.path / "model.pt")
+    repo.commit_file("model.pt", "base")
+    repo.git("switch", "-q", "-c", "theirs")
+    theirs = dict(state, **{"layers.3.weight": state["layers.3.weight"] * 2})
+    torch.save(theirs, repo.path / "model.pt")
+    repo.commit_file("model.pt", "theirs")
+    repo.git("switch", "-q", "main")
+    ours = dict(state, **{"layers.11.weight": state["layers.11.weight"] - 1})
+    torch.save(ours, repo.path / "model.pt")
+    ours_commit = repo.commit_file("model.pt", "ours")
+    expected = dict(ours, **{"layers.3.weight": theirs["layers.3.weight"]})
+    for delay in _delays(5, 1.0):
+        _killed(repo, ["git", "merge", "--no-edit", "theirs"], delay)
+        _after_kill(repo)
+        if (repo.path / ".git" / "MERGE_HEAD").exists():
+            repo.git("merge", "--abort")
+        _fsck(repo)
+        repo.git("reset", "-q", "--hard", ours_commit)
+        assert repo.status() == ""
+        repo.git("merge", "-q", "--no-edit", "theirs")  # the next run completes
+        merged = torch.load(repo.path / "model.pt", weights_only=True)
+        assert list(merged) == list(expected)
+        assert all(torch.equal(merged[k], expected[k]) for k in expected)
+        assert repo.status() == ""
+        repo.git("reset", "-q", "--hard", ours_commit)
+    record(
+        f"SIGKILL at {KILLS} random points",
+        "git merge (merge driver)",
+        "fsck --all clean; `git merge --abort` restores ours (git's `.merge_file_*` "
+        "temporaries removed); the next merge completes",
+    )
+
+
+WRITER = """
+import hashlib, subprocess, sys, torch
+from tests.helpers import seeded_state_dict
+tree, seed0, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(4):
+    path = f"{tree}/model.pt"
+    torch.save(seeded_state_dict(n=8, size=256, seed=seed0 + i), path)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    subprocess.run(["git", "add", "model.pt"], cwd=tree, check=True)
+    subprocess.run(["git", "commit", "-qm", f"{seed0 + i}"], cwd=tree, check=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    open(log, "a").write(f"{sha} {digest}\\n")
+"""
+
+READER = """
+import os, subprocess, sys, tempfile
+tree, rounds = sys.argv[1], int(sys.argv[2])
+for i in range(rounds):
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "GIT_INDEX_FILE": os.path.join(out, "index")}
+        subprocess.run(["git", f"--work-tree={out}", "checkout", "HEAD", "--", "model.pt"],
+                       cwd=tree, env=env, check=True)
+"""
+
+
+@pytest.mark.timeout(600)
+def test_four_processes_in_two_worktrees_while_gc_runs(repo: Repo, tmp_path: Path) -> None:
+    _save(repo, seed=1)
+    repo.commit_file("model.pt", "base")
+    second = tmp_path / "second"
+    repo.git("worktree", "add", "-q", "-b", "side", str(second))
+    log = tmp_path / "commits.txt"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    python = [sys.executable, "-c"]
+    procs = [
+        subprocess.Popen([*python, WRITER, str(repo.path), "100", str(log)], env=env),
+        subprocess.Popen([*python, WRITER, str(second), "200", str(log)], env=env),
+        subprocess.Popen([*python, READER, str(repo.path), "6"], env=env),
+        subprocess.Popen([*python, READER, str(second), "6"], env=env),
+    ]
+    gcs = 0
+    while any(p.poll() is None for p in procs):
+        repo.theta("gc")  # the default grace period, as a user runs it
+        gcs += 1
+    assert [p.returncode for p in procs] == [0, 0, 0, 0] and gcs > 0
+    _fsck(repo)
+    history = dict(line.split() for line in log.read_text().splitlines())
+    assert len(history) == 8
+    repo.theta("gc")
+    _all_check_out(repo, history)
+    record(
+        "4 processes add, commit and check out in 2 worktrees while gc runs",
+        "git theta gc",
+        "every command succeeds; fsck --all clean; all 8 commits check out bit-exact",
     )
