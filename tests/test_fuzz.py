@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
@@ -268,6 +268,12 @@ def test_mutated_safetensors_files(worker: Worker, data: bytes) -> None:
         assert answer["identical"], data
 
 
+def _no_members(data: bytes) -> bytes:
+    """The archive's members with a central directory that lists none of them."""
+    start = data.find(b"PK\x01\x02")
+    return data[:start] + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0, 0, 0, start, 0)
+
+
 def _first_bytes(data: bytes, count: int) -> list[int]:
     """The first ``count`` offsets: headers, counts and lengths live there."""
     return list(range(min(count, len(data))))
@@ -282,6 +288,8 @@ def _first_bytes(data: bytes, count: int) -> list[int]:
         _mutated(NPZ_DEFLATED, _zip_fields(NPZ_DEFLATED)),
     )
 )
+@example(data=NPY[:7] + b"\x01" + NPY[8:])  # found: .npy version 1.1 was accepted
+@example(data=_no_members(NPZ))  # found: an archive listing no arrays was accepted
 def test_mutated_numpy_files(worker: Worker, data: bytes) -> None:
     _assert_clear(worker.ask("file", data, "arrays.npz"))
 
@@ -294,6 +302,7 @@ def test_mutated_numpy_files(worker: Worker, data: bytes) -> None:
         _mutated(FLAX, _first_bytes(FLAX, 400)).map(lambda d: ("state.msgpack", d)),
     )
 )
+@example(named=("state.msgpack", FLAX.replace(b"\xc8\x02\x0f\x01", b"\xc8\x02\x0f\xff", 1)))
 def test_mutated_gguf_and_flax_files(worker: Worker, named: tuple[str, bytes]) -> None:
     name, data = named
     answer = worker.ask("file", data, name)

@@ -137,8 +137,9 @@ class _Walk:
             self.take(length)
             return
         if kind not in _ARRAY_EXT:
+            signed = kind - 256 if kind > 127 else kind  # msgpack extension types are int8
             raise ValueError(
-                f"it holds a msgpack extension of type {kind}, which flax never writes"
+                f"it holds a msgpack extension of type {signed}, which flax never writes"
             )
         # an array: [shape, dtype name, bin]
         if self.take(1) != b"\x93":
