@@ -19,10 +19,11 @@ a layout rebuilds a file's headers exactly without rewriting the data.
 from __future__ import annotations
 
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 ZIP64_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on need ZIP64 records
 _SENTINEL = 0xFFFFFFFF  # what a header holds where the ZIP64 record has the value
@@ -62,6 +63,17 @@ class Skeleton:
         if size != self.size:
             return False
         return all(read(offset, len(part)) == part for offset, part in self.parts)
+
+
+def member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
+    """Where a member's data starts: after its local header, whose name and extra field
+    lengths may differ from the central directory's."""
+    f.seek(info.header_offset)
+    header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"member `{info.filename}` has a bad local header")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def _sized(data: bytes | memoryview | int, crc: int | None) -> tuple[memoryview | int, int]:

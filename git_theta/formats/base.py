@@ -41,6 +41,14 @@ def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
     return buffer
 
 
+def read_words(file: SharedFile, offset: int, size: int, itemsize: int) -> np.ndarray:
+    """``size`` bytes of ``file`` from ``offset`` as words of ``itemsize`` bytes (the
+    canonical form ``TensorData.load`` returns)."""
+    from git_theta.tensors import word_dtype
+
+    return read_range(file, offset, size).view(word_dtype(itemsize))
+
+
 @dataclass
 class TensorData:
     """One tensor of a checkpoint, its bytes loaded on demand.

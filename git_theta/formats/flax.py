@@ -20,13 +20,14 @@ import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, UnsupportedError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
-from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.tensors import DTYPES, MAX_DIMS, numel, word_dtype
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
+from git_theta.tensors import DTYPES, MAX_DIMS, numel
 
 MAX_DEPTH = 100
 MAX_VALUES = 1_000_000
@@ -214,7 +215,10 @@ class FlaxFormat:
         for array in walk.arrays:
             places.append([array.name, array.offset - removed])
             removed += array.nbytes
-            tensors[array.name] = TensorData(array.dtype, array.shape, _loader(shared, array))
+            load = partial(
+                read_words, shared, array.offset, array.nbytes, DTYPES[array.dtype].itemsize
+            )
+            tensors[array.name] = TensorData(array.dtype, array.shape, load)
         skeleton = base64.b64encode(zlib.compress(bytes(walk.skeleton), 9)).decode("ascii")
         fmt = {"name": self.name, "skeleton": skeleton, "arrays": places}
         return Checkpoint(fmt, tensors)
@@ -238,11 +242,6 @@ class FlaxFormat:
             out.write(tensors[name].load().data.cast("B"))
             done = at
         out.write(skeleton[done:])
-
-
-def _loader(file: SharedFile, array: _Array) -> Any:
-    word = word_dtype(DTYPES[array.dtype].itemsize)
-    return lambda: read_range(file, array.offset, array.nbytes).view(word)
 
 
 def _places(

@@ -19,15 +19,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, UnsupportedError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
-from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.tensors import DTYPES, MAX_DIMS, word_dtype
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range, read_words
+from git_theta.tensors import DTYPES, MAX_DIMS
 
 HEADER = "gguf:header"
 MAX_HEADER_BYTES = 1 << 30  # metadata and tensor infos larger than this are refused
@@ -231,7 +230,8 @@ class GgufFormat:
                     display_name, f"the padding before tensor `{info.name}` is not zeros"
                 )
             position = start + info.nbytes
-            tensors[info.name] = TensorData(info.dtype, info.shape, _loader(shared, start, info))
+            load = partial(read_words, shared, start, info.nbytes, DTYPES[info.dtype].itemsize)
+            tensors[info.name] = TensorData(info.dtype, info.shape, load)
             layout.append([info.name, info.ggml_type])
         if not _zeros_between(shared, position, size):
             raise NotACheckpointError(display_name, "the bytes after its last tensor are not zeros")
@@ -273,15 +273,6 @@ class GgufFormat:
 def _pad(out: BinaryIO, count: int) -> None:
     for start in range(0, count, _PAGE):
         out.write(bytes(min(_PAGE, count - start)))
-
-
-def _loader(file: SharedFile, start: int, info: _Info) -> Any:
-    word = word_dtype(DTYPES[info.dtype].itemsize)
-
-    def load() -> np.ndarray:
-        return read_range(file, start, info.nbytes).view(word)
-
-    return load
 
 
 def _layout(

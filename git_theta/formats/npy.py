@@ -41,7 +41,7 @@ from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, Uns
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
 from git_theta.tensors import MAX_DIMS, numel, word_dtype
-from git_theta.zipstream import Comparison, PyMember, PyZipStream
+from git_theta.zipstream import Comparison, PyMember, PyZipStream, member_data_offset
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 1 << 16  # numpy itself reads headers of at most 10000 bytes by default
@@ -361,11 +361,7 @@ class _NpzReader:
     def _loader(self, shared: SharedFile, info: zipfile.ZipInfo, array: _Array) -> Any:
         skip = len(array.header)
         if info.compress_type == zipfile.ZIP_STORED:
-            header = self._read(info.header_offset, 30)
-            if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                raise ValueError(f"member `{info.filename}` has a bad local header")
-            names, extra = struct.unpack("<HH", header[26:30])
-            start = info.header_offset + 30 + names + extra + skip
+            start = member_data_offset(self.f, info) + skip
             if start + array.nbytes > self.size:
                 raise ValueError("the file is truncated")
             return lambda: _words(array, read_range(shared, start, array.nbytes))

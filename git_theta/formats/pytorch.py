@@ -43,6 +43,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -56,7 +57,7 @@ from git_theta.errors import (
     UnsupportedError,
 )
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
-from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
 from git_theta.tensors import (
     DTYPES,
     MAX_DIMS,
@@ -64,9 +65,14 @@ from git_theta.tensors import (
     from_torch_storage,
     nbytes,
     numel,
-    word_dtype,
 )
-from git_theta.zipstream import Skeleton, TorchZipStream, Writable, ZipStream
+from git_theta.zipstream import (
+    Skeleton,
+    TorchZipStream,
+    Writable,
+    ZipStream,
+    member_data_offset,
+)
 
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
 _TORCH_DTYPE_NAMES = frozenset(DTYPES) | {"qint8", "quint8", "qint32", "complex32"}
@@ -550,15 +556,6 @@ def _read_small(archive: zipfile.ZipFile, name: str, limit: int, display_name: s
     return data
 
 
-def _member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
-    f.seek(info.header_offset)
-    header = f.read(30)
-    if len(header) != 30 or header[:4] != b"PK\x03\x04":
-        raise ValueError(f"bad local header for {info.filename}")
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
-
-
 def _span(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
     """Elements of storage from the view's first element to its last (0 for an empty view)."""
     if numel(shape) == 0:
@@ -575,15 +572,6 @@ def _storage_bytes(storage: _Storage, dtype: DType) -> int:
             f"storage {storage.key} of {storage.dtype.name} is viewed as {dtype.name}"
         )
     return storage.numel * dtype.itemsize
-
-
-def _member_loader(file: SharedFile, start: int, size: int, dtype: DType) -> Any:
-    word = word_dtype(dtype.itemsize)
-
-    def load() -> np.ndarray:
-        return read_range(file, start, size).view(word)
-
-    return load
 
 
 class PyTorchFormat:
@@ -668,10 +656,10 @@ class PyTorchFormat:
                     f"storage {stored.key} holds {info.file_size} bytes where its pickle "
                     f"declares {declared}"
                 )
-            start = _member_data_offset(f, info)
+            start = member_data_offset(f, info)
             if start + info.file_size > size:
                 raise ValueError("the file is truncated")
-            load = _member_loader(shared, start, info.file_size, stored.dtype)
+            load = partial(read_words, shared, start, info.file_size, stored.dtype.itemsize)
             tensors[name] = TensorData(stored.dtype.name, stored.shape, load)
         fmt: dict[str, Any] = {"name": self.name, "root": parsed.tree}
         layout = _Layout(f, size, archive, prefix, data_pkl, parsed, display_name).record()

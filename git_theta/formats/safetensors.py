@@ -18,9 +18,9 @@ import numpy as np
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
-from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
 from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import from_safetensors, nbytes, word_dtype
+from git_theta.tensors import from_safetensors, nbytes
 
 _MAX_HEADER = 100 << 20
 
@@ -96,8 +96,7 @@ def _manifest_entries(
 
 
 def _load(file: SharedFile, start: int, dt: str, shape: tuple[int, ...]) -> np.ndarray:
-    word = word_dtype(get_dtype(dt).itemsize)
-    return read_range(file, start, nbytes(dt, shape)).view(word)
+    return read_words(file, start, nbytes(dt, shape), get_dtype(dt).itemsize)
 
 
 class SafetensorsFormat:
