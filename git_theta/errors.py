@@ -84,6 +84,11 @@ class RemoteError(ThetaError, ConnectionError):
         self.tensors = tensors
         shown = ", ".join(f"`{t}`" for t in tensors[:3])
         more = f" and {len(tensors) - 3} more" if len(tensors) > 3 else ""
+        local = _local_cause(str(reason))
+        if local and direction != "upload":  # the server is fine: this machine's disk is not
+            what = f"could not download objects for tensors {shown}{more} from remote `{remote}`"
+            super().__init__(f"{what}: {local}, then run `git theta checkout`")
+            return
         if direction == "upload":
             fix = "check that the LFS server is reachable and accepts uploads, then push again"
             what = (
@@ -126,3 +131,37 @@ class NotARepositoryError(ThetaError, RuntimeError):
 
     def __init__(self, path: str) -> None:
         super().__init__(f"{path} is not inside a git repository: run `git init` first")
+
+
+def _local_cause(text: str) -> str:
+    """What git-lfs's words say about this machine's disk, when they say it is full or
+    read-only ("" otherwise)."""
+    lowered = text.lower()
+    if "no space left on device" in lowered or "disk quota exceeded" in lowered:
+        return (
+            "no space left on the device holding the repository: free some (`git theta gc` "
+            "deletes objects nothing refers to)"
+        )
+    if "read-only file system" in lowered:
+        return "the repository's LFS directory is on a read-only file system: make it writable"
+    return ""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error that reached a command (a full disk, a
+    read-only or unwritable store): what is wrong, where, and what to do."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"no space left on the device{where}: free some (`git theta gc` deletes objects "
+            "nothing refers to) and run the command again"
+        )
+    if exc.errno == errno.EROFS:
+        return f"read-only file system{where}: make it writable and run the command again"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied{where}: run as a user who may write there, or fix its permissions"
+        )
+    return f"{type(exc).__name__}: {exc.strerror or exc}{where}"

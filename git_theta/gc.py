@@ -50,7 +50,7 @@ class Result:
     freed: int = 0  # bytes given back to the file system
     kept_recent: int = 0  # unneeded files spared because they are newer than the expiry
     needed: int = 0
-    failed: list[str] = field(default_factory=list)  # files that could not be deleted, why
+    failed: list[tuple[str, OSError]] = field(default_factory=list)  # not deleted, and why
 
 
 def expiry_cutoff(repo: Repo, when: str | None) -> float | None:
@@ -158,7 +158,7 @@ def gc(
         try:
             freed = store.delete(oid, lfs_copy=oid not in pointed, older_than=cutoff)
         except OSError as exc:
-            result.failed.append(f"object {oid}: {exc.strerror or exc}")
+            result.failed.append((f"object {oid}", exc))
             continue
         if freed is None:  # stored again meanwhile
             result.kept_recent += 1
@@ -175,7 +175,7 @@ def gc(
             except FileNotFoundError:
                 continue  # its process finished meanwhile
             except OSError as exc:
-                result.failed.append(f"temporary file {tmp.path}: {exc.strerror or exc}")
+                result.failed.append((f"temporary file {tmp.path}", exc))
                 continue
             result.freed += tmp.size
         result.deleted.append(Deletion("temporary file", str(tmp.path), tmp.size))

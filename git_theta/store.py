@@ -121,7 +121,16 @@ class ObjectStore:
 
     def put(self, chunks: Iterable[bytes | memoryview]) -> ObjectRef:
         """Store the concatenation of ``chunks``; returns its ref. Atomic; a sound copy
-        already stored is kept, an unsound one is replaced."""
+        already stored is kept, an unsound one is replaced. A write that the system refuses
+        (a full disk, a read-only store) raises an OSError naming the store's directory."""
+        try:
+            return self._put(chunks)
+        except OSError as exc:
+            if exc.filename == str(self.lfs_dir):
+                raise
+            raise OSError(exc.errno, exc.strerror, str(self.lfs_dir)) from exc
+
+    def _put(self, chunks: Iterable[bytes | memoryview]) -> ObjectRef:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0

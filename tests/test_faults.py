@@ -201,7 +201,18 @@ def test_an_lfs_server_that_is_down(shared: tuple[Repo, Path, LfsServer]) -> Non
     )
 
 
-def _pushed(shared: tuple[Repo, Path, LfsServer]) -> tuple[Repo, Path, LfsServer, str]:
+def clone_without_objects(bare: Path, dest: Path) -> Repo:
+    """A clone of ``bare`` with no object and no checkpoint in its work tree: what a
+    checkout must download."""
+    b, _ = clone(bare, dest)
+    for found in (b.path / ".git" / "lfs").rglob("*"):
+        if found.is_file():
+            found.unlink()
+    (b.path / "model.pt").unlink()
+    return b
+
+
+def pushed(shared: tuple[Repo, Path, LfsServer]) -> tuple[Repo, Path, LfsServer, str]:
     a, bare, server = shared
     expected = _save(a, seed=6)
     a.commit_file("model.pt", "v1")
@@ -214,7 +225,7 @@ def _pushed(shared: tuple[Repo, Path, LfsServer]) -> tuple[Repo, Path, LfsServer
 def test_an_object_missing_or_corrupt_on_the_server(
     shared: tuple[Repo, Path, LfsServer], tmp_path: Path, damage: str
 ) -> None:
-    a, bare, server, expected = _pushed(shared)
+    a, bare, server, expected = pushed(shared)
     stored = sorted(p for p in server.storage.rglob("*") if p.is_file())
     victim = stored[0]
     original = victim.read_bytes()
@@ -326,12 +337,8 @@ def test_an_lfs_server_that_fails_a_push(shared: tuple[Repo, Path, LfsServer], m
 def test_an_lfs_server_that_fails_a_checkout(
     shared: tuple[Repo, Path, LfsServer], tmp_path: Path, mode: str
 ) -> None:
-    a, bare, server, expected = _pushed(shared)
-    b, _ = clone(bare, tmp_path / "b")
-    for found in (b.path / ".git" / "lfs").rglob("*"):
-        if found.is_file():
-            found.unlink()
-    (b.path / "model.pt").unlink()
+    a, bare, server, expected = pushed(shared)
+    b = clone_without_objects(bare, tmp_path / "b")
     broken = _BrokenServer(mode)
     _point_at(b, broken.url)
     try:

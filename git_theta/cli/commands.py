@@ -8,7 +8,7 @@ import click
 
 from git_theta import __version__
 from git_theta.cli.output import report
-from git_theta.errors import ThetaError
+from git_theta.errors import ThetaError, describe_os_error
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +77,13 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a full disk, a read-only store: one line, not a traceback
+        report(f"error: {describe_os_error(exc)}")
+        if os.environ.get("GIT_THETA_DEBUG"):
+            raise
+        return 1
     except click.UsageError as exc:
         if exc.ctx is not None and exc.ctx.parent is None:
             # git turns `git theta --help` into `git help theta` (a man page), so the hint
@@ -91,7 +98,5 @@ def run(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        return 1
-    except BrokenPipeError:
         return 1
     return 0

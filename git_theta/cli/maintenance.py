@@ -87,13 +87,22 @@ def gc(dry_run: bool, prune: str | None) -> None:
     for item in result.deleted:
         name = gc_lib.display(item.name, repo.top)
         click.echo(f"{verb} {item.kind} {name} ({size_text(item.size)})")
-    for failure in result.failed:
-        report(f"warning: cannot delete {failure}")
     kept = f"; {result.kept_recent} newer than the expiry kept" if result.kept_recent else ""
     if dry_run:
         report(f"would free {size_text(result.freed)}{kept}")
-    else:
+    elif not result.failed:
         report(f"freed {size_text(result.freed)} ({len(result.deleted)} files){kept}")
+    else:  # one line: the first file and why (a read-only store fails them all alike)
+        from git_theta.errors import describe_os_error
+
+        what, exc = result.failed[0]
+        others = len(result.failed) - 1
+        more = f" and {others} other file{'s' if others != 1 else ''}" if others else ""
+        report(
+            f"error: could not delete {what}{more} (freed {size_text(result.freed)}): "
+            f"{describe_os_error(exc)}"
+        )
+        sys.exit(1)
 
 
 @click.command()

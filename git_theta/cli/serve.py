@@ -23,9 +23,14 @@ from git_theta.cli.output import report
 
 
 def _describe(pathname: str, exc: BaseException) -> str:
-    from git_theta.errors import ThetaError
+    from git_theta.errors import ThetaError, describe_os_error
 
-    message = str(exc) if isinstance(exc, ThetaError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ThetaError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = describe_os_error(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
     return message if message.startswith(pathname) else f"{pathname}: {message}"
 
 

@@ -271,6 +271,8 @@ def _request(
     except OSError as exc:  # e.g. a full disk: read the rest, fail this file
         src.close()
         _drain(inp)
+        if exc.filename is None:  # say where it was being written
+            exc = OSError(exc.errno, exc.strerror, str(spool_dir))
         _fail(out, on_error, command, pathname, exc, started=False)
         return spool_dir
     if delayed is not None and command == "smudge":
