@@ -184,3 +184,24 @@ def on_a_terminal(
             os.close(tty)
         os.close(main)
     return proc.returncode, b"".join(chunks).decode()
+
+
+def claiming(blob: bytes, words: int, keep_chunks: bool) -> bytes:
+    """Object ``blob`` with a zarr.json that claims ``words`` words, keeping its chunks
+    (or holding only its zarr.json): a hostile object."""
+    import io
+    import json
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(blob)) as old, zipfile.ZipFile(out, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "zarr.json":
+                meta = json.loads(data)
+                meta["shape"] = [words]
+                data = json.dumps(meta).encode()
+            elif not keep_chunks:
+                continue
+            new.writestr(info.filename, data)
+    return out.getvalue()

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -51,18 +52,26 @@ def _save(repo: Repo, seed: int) -> str:
 def _killed(repo: Repo, args: list[str], delay: float) -> int:
     """Runs ``args`` in the repository and SIGKILLs it (and its filter and hooks) after
     ``delay`` seconds unless it ended first; returns its exit code."""
+    return _signalled(repo, args, delay, signal.SIGKILL)[0]
+
+
+def _signalled(repo: Repo, args: list[str], delay: float, sig: signal.Signals) -> tuple[int, str]:
+    """Runs ``args`` in the repository and sends ``sig`` to its process group (as a
+    terminal sends Ctrl-C to the foreground job) after ``delay`` seconds unless it ended
+    first; returns its exit code and what it wrote on stderr."""
     proc = subprocess.Popen(
         args,
         cwd=repo.path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        return proc.wait(timeout=delay)
+        _, err = proc.communicate(timeout=delay)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=120)
+    return proc.returncode, err.decode(errors="replace")
 
 
 def _after_kill(repo: Repo) -> None:
@@ -130,6 +139,55 @@ def test_git_checkout_killed_at_random_points(repo: Repo) -> None:
         f"SIGKILL at {KILLS} random points",
         "git checkout",
         "fsck --all clean; a cut-short work-tree file is rewritten by the next checkout",
+    )
+
+
+def _no_traceback(stderr: str) -> None:
+    """A Ctrl-C ends in git's and git-theta's own words, never in a traceback through
+    git-theta's code. (One that lands while the interpreter itself starts, before any of
+    git-theta's code runs, is Python's: "Fatal Python error: init_import_site".)"""
+    assert not re.search(r'File "[^"]*/git_theta/', stderr), stderr
+
+
+@pytest.mark.timeout(600)
+def test_git_add_interrupted_by_ctrl_c(repo: Repo) -> None:
+    committed = {}
+    for i, delay in enumerate(_delays(6, 1.2)):
+        expected = _save(repo, seed=300 + i)
+        _, stderr = _signalled(repo, ["git", "add", "model.pt"], delay, signal.SIGINT)
+        _no_traceback(stderr)
+        _after_kill(repo)
+        _fsck(repo)
+        committed[repo.commit_file("model.pt", f"v{i}")] = expected  # the next add works
+    _all_check_out(repo, committed)
+    record(
+        f"Ctrl-C (SIGINT to the process group) at {KILLS} random points",
+        "git add",
+        "no traceback from git-theta; fsck --all clean; the next add stages the file; every commit checks "
+        "out bit-exact",
+    )
+
+
+@pytest.mark.timeout(600)
+def test_git_checkout_interrupted_by_ctrl_c(repo: Repo) -> None:
+    history = {}
+    for seed in (1, 2):
+        expected = _save(repo, seed=seed)
+        history[repo.commit_file("model.pt", f"v{seed}")] = expected
+    revs = list(history)
+    for i, delay in enumerate(_delays(7, 1.0)):
+        rev = revs[i % 2]
+        args = ["git", "checkout", rev, "--", "model.pt"]
+        _, stderr = _signalled(repo, args, delay, signal.SIGINT)
+        _no_traceback(stderr)
+        _after_kill(repo)
+        _fsck(repo)
+        repo.git("checkout", rev, "--", "model.pt")
+        assert _sha(repo.path / "model.pt") == history[rev]
+    record(
+        f"Ctrl-C (SIGINT to the process group) at {KILLS} random points",
+        "git checkout",
+        "no traceback from git-theta; fsck --all clean; the next checkout writes the file bit-exact",
     )
 
 
@@ -210,6 +268,30 @@ def clone_without_objects(bare: Path, dest: Path) -> Repo:
             found.unlink()
     (b.path / "model.pt").unlink()
     return b
+
+
+@pytest.mark.timeout(300)
+def test_an_lfs_server_that_is_down_during_a_clone(
+    shared: tuple[Repo, Path, LfsServer], tmp_path: Path
+) -> None:
+    a, bare, server, expected = pushed(shared)
+    server.stop()
+    b, proc = clone(bare, tmp_path / "b", check=False)
+    assert proc.returncode != 0  # git: "Clone succeeded, but checkout failed"
+    lines = _theta_lines(proc.stderr)
+    assert len(lines) == 1 and "could not download objects for tensors" in lines[0], proc.stderr
+    assert not (b.path / "model.pt").exists() and not b.objects()
+    server.start()
+    b.theta("checkout")  # as the message says
+    assert _sha(b.path / "model.pt") == expected
+    assert b.git("status", "--porcelain").stdout == ""
+    _fsck(b)
+    record(
+        "LFS server down",
+        "git clone",
+        "git's commits cloned, one line naming the tensors, no file written; "
+        "`git theta checkout` once it is up writes it bit-exact",
+    )
 
 
 def pushed(shared: tuple[Repo, Path, LfsServer]) -> tuple[Repo, Path, LfsServer, str]:

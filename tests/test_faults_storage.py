@@ -291,3 +291,46 @@ def test_a_download_into_a_read_only_store(
         "one line: the LFS directory is read-only; nothing written; the checkout once it is "
         "writable downloads and writes it bit-exact",
     )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("damage", ["one bit flipped", "cut short"])
+def test_an_object_decayed_in_the_local_store(
+    shared: tuple[Repo, Path, LfsServer], damage: str
+) -> None:
+    a, _, _, first = pushed(shared)
+    history = {a.git("rev-parse", "HEAD").stdout.strip(): first}
+    _save(a, seed=11)
+    history[a.commit_file("model.pt", "v2")] = _sha(a.path / "model.pt")
+    a.git("push", "-q", "origin", "main")
+    victim = sorted(a.path.glob(".git/lfs/theta/objects/*/*/*"))[0]
+    data = bytearray(victim.read_bytes())
+    if damage == "one bit flipped":
+        data[len(data) // 2] ^= 0x10
+    else:
+        del data[len(data) // 2 :]
+    victim.write_bytes(bytes(data))
+    failed = 0
+    for sha, expected in history.items():  # whichever version needs it fails; none is wrong
+        proc = a.git("checkout", sha, "--", "model.pt", check=False)
+        if proc.returncode == 0:
+            assert _sha(a.path / "model.pt") == expected
+            continue
+        failed += 1
+        lines = _theta_lines(proc.stderr)
+        assert len(lines) == 1 and f"object {victim.name[:12]}…" in lines[0], proc.stderr
+        model = a.path / "model.pt"
+        assert not model.exists() or _sha(model) in history.values()  # never a wrong file
+    assert failed
+    proc = a.theta("fsck", "--all", check=False)
+    assert proc.returncode == 1 and victim.name[:12] in proc.stdout, proc.stdout
+    a.theta("fsck", "--all", "--fetch")  # a good copy from the LFS server
+    _fsck(a)
+    a.git("checkout", "-q", "main")
+    _all_check_out(a, history)
+    record(
+        f"an object in the local store {damage}",
+        "git checkout",
+        "one line naming the object; no wrong file written; `git theta fsck --all` names it "
+        "and `fsck --fetch` repairs it from the server; every commit checks out bit-exact",
+    )

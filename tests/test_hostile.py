@@ -17,7 +17,7 @@ import torch
 
 from git_theta.errors import NotACheckpointError
 from git_theta.formats.pytorch import PyTorchFormat
-from tests.helpers import Repo
+from tests.helpers import Repo, claiming
 
 LIMIT = 1 << 30  # bytes of address space for the git command under test (and its children)
 
@@ -215,19 +215,7 @@ def _forge_object(repo: Repo, record: dict[str, Any], words: int, keep_chunks: b
 
     oid = record["storage"]["objects"][0]["oid"]
     store = repo.path / ".git" / "lfs" / "theta" / "objects"
-    src = (store / oid[:2] / oid[2:4] / oid).read_bytes()
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(src)) as old, zipfile.ZipFile(out, "w") as new:
-        for info in old.infolist():
-            data = old.read(info)
-            if info.filename == "zarr.json":
-                meta = json.loads(data)
-                meta["shape"] = [words]
-                data = json.dumps(meta).encode()
-            elif not keep_chunks:
-                continue
-            new.writestr(info.filename, data)
-    blob = out.getvalue()
+    blob = claiming((store / oid[:2] / oid[2:4] / oid).read_bytes(), words, keep_chunks)
     bad = hashlib.sha256(blob).hexdigest()
     (store / bad[:2] / bad[2:4]).mkdir(parents=True, exist_ok=True)
     (store / bad[:2] / bad[2:4] / bad).write_bytes(blob)

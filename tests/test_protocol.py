@@ -465,7 +465,12 @@ def test_filter_process_serves_its_stdin(repo: Repo) -> None:
             b"0012command=clean\n0016pathname=model.pt\n0000" + b"0009PK\x03\x04x",
             "git closed the filter's input in the middle of a request",
         ),
-        (b"00zz", "filter process failed: ProtocolError: invalid pkt-line header b'00zz'"),
+        (
+            b"00zz",
+            "the filter's input is not git's long-running filter protocol (invalid pkt-line "
+            "header b'00zz'): `git-theta filter-process` is started by git, as `git theta "
+            "install` sets up",
+        ),
     ],
     ids=["cut-off", "broken"],
 )

@@ -16,13 +16,17 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``git-theta`` console script."""
     args = sys.argv[1:] if argv is None else argv
-    if args == ["filter-process"]:
-        from git_theta.cli.serve import filter_process
+    try:
+        if args == ["filter-process"]:
+            from git_theta.cli.serve import filter_process
 
-        return filter_process()
-    from git_theta.cli.commands import run
+            return filter_process()
+        from git_theta.cli.commands import run
 
-    return run(args)
+        return run(args)
+    except KeyboardInterrupt:  # Ctrl-C, even while the modules load: no traceback
+        sys.stderr.write("git-theta: aborted\n")
+        return 130
 
 
 if __name__ == "__main__":

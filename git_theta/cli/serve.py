@@ -126,6 +126,12 @@ def filter_process() -> NoReturn:
     except EOFError:
         report("error: git closed the filter's input in the middle of a request")
         code = 1
+    except protocol.pktline.ProtocolError as exc:  # not git on the other end
+        report(
+            f"error: the filter's input is not git's long-running filter protocol ({exc}): "
+            "`git-theta filter-process` is started by git, as `git theta install` sets up"
+        )
+        code = 1
     except BrokenPipeError:
         code = 1  # git went away: nobody is left to read a message
     except Exception as exc:  # a broken protocol stream or a bug: one line, not a traceback

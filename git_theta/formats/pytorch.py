@@ -37,6 +37,7 @@ import base64
 import io
 import json
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -859,7 +860,32 @@ class _Parsed:
     storages: dict[str, _Storage]
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _check_memo(data: bytes, display_name: str) -> None:
+    """Refuse a pickle that stores a value at a memo index past the values it may hold:
+    the unpickler makes its memo as long as the largest index, so a 40-byte pickle naming
+    index 2**31 would have it allocate 16 GiB. (Opcodes only, no values: a few ms for a
+    pickle of thousands of tensors.)"""
+    ops = pickletools.genops(data)
+    while True:
+        try:
+            opcode, arg, _ = next(ops)
+        except StopIteration:
+            return
+        except (ValueError, TypeError) as exc:  # not opcodes the unpickler reads either
+            raise pickle.UnpicklingError(f"invalid pickle: {exc}") from None
+        if opcode.name in _MEMO_PUTS and not 0 <= int(arg) < MAX_VALUES:  # type: ignore[arg-type]
+            raise NotACheckpointError(
+                display_name,
+                f"its pickle stores a value at memo index {arg}, past the {MAX_VALUES} "
+                "values git-theta reads",
+            )
+
+
 def _parse(data: bytes, display_name: str) -> _Parsed:
+    _check_memo(data, display_name)
     unpickler = _Unpickler(data, display_name)
     root = unpickler.load()
     builder = _TreeBuilder(display_name)
@@ -955,6 +981,11 @@ def _exact_plan(
         plan.append((rel, text, tensor))
     if names or "data.pkl" not in seen:
         raise fail("does not list the pickle and every storage once")
+    # the alignment `git add` records is the one the file's own record gives: any other
+    # would write a file that, added again, is stored otherwise
+    alignment = next((t for r, t, _ in plan if r == ".storage_alignment"), None)
+    if align != (int(alignment) if alignment and alignment.isdigit() else _ALIGN):
+        raise fail("has an alignment its `.storage_alignment` record does not give")
     return _Plan(name, align, data_pkl, plan)
 
 
