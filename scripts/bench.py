@@ -16,6 +16,7 @@ an install would leave them. Ratios are printed, never asserted.
     python scripts/bench.py --large    # adds a 2.1 GB checkpoint
     python scripts/bench.py --codec    # only stored size and decode speed of real weights
     python scripts/bench.py --updates  # only what each kind of change stores; chain checkout
+    python scripts/bench.py --soak     # 200 commits, 3 branches, merges, gc, fsck, clone
 """
 
 from __future__ import annotations
@@ -526,6 +527,164 @@ def diff_memory(work: Path, env: dict[str, str], nbytes: int) -> None:
     shutil.rmtree(repo)
 
 
+def _timed(
+    ops: dict[str, list[float]], op: str, args: list[str], cwd: Path, env: dict[str, str]
+) -> str:
+    """Run a command, adding its wall time to ``ops[op]``; returns its stdout and stderr."""
+    start = time.perf_counter()
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    ops.setdefault(op, []).append(time.perf_counter() - start)
+    if proc.returncode:
+        raise SystemExit(f"soak: {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-800:]}")
+    return proc.stdout + proc.stderr
+
+
+def soak(work: Path, env: dict[str, str], server: LfsServer, quick: bool) -> None:
+    """200 commits of one checkpoint with random small updates on 3 branches (each branch
+    changes its own third of the tensors, so the tensor-wise merges never conflict), main
+    merging the other two every 10 commits and each side merging main back now and then;
+    then gc, fsck, a push to the LFS server and a clone. Every commit is checked out bit-exact
+    in the repository after gc and in the clone, and every merge result is compared with the
+    expected tensors. Prints time per operation and store growth; fails loudly on any
+    mismatch."""
+    import hashlib
+    import random
+
+    import torch
+
+    commits = 24 if quick else 200
+    rng = random.Random(27)
+    gen = torch.Generator().manual_seed(27)
+    names = [f"layers.{i}.weight" for i in range(24 if not quick else 6)]
+    width = 64 if quick else 256
+    base = {n: torch.randn(width, width, generator=gen) for n in names}
+    branches = ["main", "side-a", "side-b"]
+    owned = {b: names[i :: len(branches)] for i, b in enumerate(branches)}
+    state = {b: dict(base) for b in branches}
+    repo = work / "soak"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
+    url = f"{server.url}-soak"
+    subprocess.run(
+        ["git", "config", f"lfs.{url}.locksverify", "false"], cwd=repo, check=True, env=env
+    )
+    (repo / ".lfsconfig").write_text(f"[lfs]\n\turl = {url}\n")
+    ops: dict[str, list[float]] = {}
+    history: dict[str, str] = {}  # commit -> sha256 of its model.pt
+    sizes: list[int] = []
+    model = repo / "model.pt"
+
+    def git(*args: str, op: str | None = None) -> str:
+        if op is None:
+            return _git(repo, env, *args)
+        return _timed(ops, op, ["git", *args], repo, env)
+
+    def save(sd: dict[str, Any]) -> None:
+        torch.save(sd, model)
+
+    def record() -> None:
+        history[git("rev-parse", "HEAD").strip()] = hashlib.sha256(model.read_bytes()).hexdigest()
+        sizes.append(_store_bytes(repo))
+
+    def matches(sd: dict[str, Any]) -> bool:
+        got = torch.load(model, weights_only=True)
+        return list(got) == list(sd) and all(torch.equal(got[n], sd[n]) for n in sd)
+
+    git("theta", "track", "model.pt")
+    save(base)
+    git("add", ".gitattributes", ".lfsconfig", "model.pt")
+    git("commit", "-q", "-m", "base")
+    record()
+    for b in branches[1:]:
+        git("branch", b)
+    current = "main"
+    merges = 0
+    checkpoint = model.stat().st_size
+    start = time.perf_counter()
+    for i in range(1, commits):
+        if i % 10 == 0:  # main takes both sides; a side sometimes takes main
+            if current != "main":
+                git("switch", "-q", "main", op="switch")
+                current = "main"
+            for side in branches[1:]:
+                git("merge", "-q", "--no-edit", side, op="merge")
+                for n in owned[side]:
+                    state["main"][n] = state[side][n]
+                if not matches(state["main"]):
+                    raise SystemExit(f"soak: merging {side} into main gave other tensors")
+                record()
+                merges += 1
+            continue
+        branch = rng.choice(branches)
+        if branch != current:
+            git("switch", "-q", branch, op="switch")
+            current = branch
+            if branch != "main" and rng.random() < 0.3:  # bring main's changes in
+                git("merge", "-q", "--no-edit", "main", op="merge")
+                for n in names:
+                    if n not in owned[branch]:
+                        state[branch][n] = state["main"][n]
+                if not matches(state[branch]):
+                    raise SystemExit(f"soak: merging main into {branch} gave other tensors")
+                record()
+                merges += 1
+        sd = state[branch]
+        for n in rng.sample(owned[branch], k=rng.randint(1, 2)):  # a few entries of 1-2 tensors
+            t = sd[n].clone().reshape(-1)
+            idx = torch.randint(0, t.numel(), (max(1, t.numel() // 100),), generator=gen)
+            t[idx] += torch.randn(idx.numel(), generator=gen) * 0.01
+            sd[n] = t.reshape(width, width)
+        save(sd)
+        git("add", "model.pt", op="add")
+        git("commit", "-q", "-m", f"step {i} on {branch}", op="commit")
+        record()
+    build = time.perf_counter() - start
+    git("switch", "-q", "main")
+    freed = git("theta", "gc", "--prune=now", op="gc")
+    _timed(ops, "fsck --all", ["git", "theta", "fsck", "--all"], repo, env)
+    for sha, expected in history.items():  # every commit, after gc, bit-exact
+        git("checkout", "-q", sha, "--", "model.pt", op="checkout (each commit)")
+        if hashlib.sha256(model.read_bytes()).hexdigest() != expected:
+            raise SystemExit(f"soak: commit {sha} does not check out bit-exact")
+    git("checkout", "-q", "main", "--", "model.pt")
+    bare = work / "soak-remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=env)
+    git("remote", "add", "origin", str(bare))
+    git("push", "-q", "origin", *branches, op="push (all branches)")
+    clone = work / "soak-clone"
+    _timed(ops, "clone", ["git", "clone", "-q", str(bare), str(clone)], work, env)
+    revs = _git(clone, env, "rev-list", "--all", "--remotes").split()
+    _timed(ops, "fetch (every commit)", ["git", "theta", "fetch", "origin", *revs], clone, env)
+    for sha, expected in history.items():
+        _timed(
+            ops, "checkout in clone", ["git", "checkout", "-q", sha, "--", "model.pt"], clone, env
+        )
+        if hashlib.sha256((clone / "model.pt").read_bytes()).hexdigest() != expected:
+            raise SystemExit(f"soak: commit {sha} does not check out bit-exact in the clone")
+    stored = _store_bytes(repo)
+    print(
+        f"\n### soak: {len(history)} commits ({merges} merges) on 3 branches of a "
+        f"{fmt_size(checkpoint)} checkpoint ({len(names)} tensors; 1-2 changed per commit)\n"
+        f"every commit checked out bit-exact after gc and in a clone; built in {build:.0f} s"
+    )
+    print("\n| operation | count | median | p95 | total |")
+    print("|---|---|---|---|---|")
+    for op, times in ops.items():
+        ordered = sorted(times)
+        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+        print(
+            f"| {op} | {len(times)} | {statistics.median(times):.2f} s | {p95:.2f} s | "
+            f"{sum(times):.1f} s |"
+        )
+    grown = [b - a for a, b in zip(sizes, sizes[1:], strict=False)]
+    print(
+        f"\nstore: {fmt_size(sizes[0])} after the first commit, {fmt_size(stored)} after "
+        f"{len(history)} ({stored / checkpoint:.1f}x one checkpoint; a store of whole files "
+        f"would hold {fmt_size(checkpoint * len(history))}); median growth per commit "
+        f"{fmt_size(statistics.median(grown))}; gc: {freed.strip().splitlines()[-1]}",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -545,6 +704,12 @@ def main() -> None:
         "--updates",
         action="store_true",
         help="only the update encodings' tables (store growth per change, chain checkout)",
+    )
+    parser.add_argument(
+        "--soak",
+        action="store_true",
+        help="only the soak run: 200 commits on 3 branches with merges, gc, fsck, clone "
+        "(24 with --quick)",
     )
     parser.add_argument(
         "--diff-memory",
@@ -597,6 +762,9 @@ def main() -> None:
         server = LfsServer(work / "lfs")
         server.start()
         try:
+            if args.soak:
+                soak(work, env, server, args.quick)
+                return
             if not args.diff_memory and not args.updates and (args.codec or not args.workload):
                 codec_table(args.quick)
             if args.codec:

@@ -420,6 +420,9 @@ HOSTILE_ARCHIVES = [
     _inflating(PYTORCH, "/byteorder", 1 << 20),  # more than the 16 bytes of a byteorder
     _zip_version(PYTORCH, 84),  # zip 8.4, which zipfile refused with NotImplementedError
     _zip_version(PYTORCH, 0xFFFF),
+    # views repeating their storage: 200 KB and one float claiming 9.3 GiB each
+    _saved({"w": torch.arange(50000.0).as_strided((50000, 50000), (0, 1))}),
+    _saved({"z": torch.arange(16.0).as_strided((50000, 50000), (0, 0))}),
 ]
 
 

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import pytest
 
-from git_theta.errors import NotARepositoryError
+from git_theta.errors import NotARepositoryError, UsageError
 from git_theta.gitio import filter_process, pktline
 from git_theta.gitio.pktline import ProtocolError
 from git_theta.manifest import Manifest
@@ -299,8 +299,9 @@ def test_unsupported_command_is_an_error_for_that_file(tmp_path: Path) -> None:
     assert (command, pathname, type(exc), str(exc)) == (
         "fsck",
         "model.pt",
-        ValueError,
-        "unsupported filter command 'fsck'",
+        UsageError,
+        "git asked for the filter command 'fsck', which git-theta does not serve (it serves "
+        "clean and smudge)",
     )
 
 

@@ -78,6 +78,7 @@ from git_theta.zipstream import (
 # torch dtype names that may appear as values (``torch.float16`` in a config dict).
 _TORCH_DTYPE_NAMES = frozenset(DTYPES) | {"qint8", "quint8", "qint32", "complex32"}
 _ALIGN = 64
+_MAX_TORCH_VERSION = 10  # the newest archive version torch.load reads (torch 2.x)
 _KNOWN_RECORDS = {
     "data.pkl",
     "byteorder",
@@ -87,6 +88,19 @@ _KNOWN_RECORDS = {
     ".data/serialization_id",
     ".data/version",
 }
+
+
+def _record_text_ok(rel: str, text: str) -> bool:
+    """Whether a small record's text is one torch.load reads (the serialization id is
+    checked apart): the exact layout is recorded, and rebuilt, only with such records."""
+    if rel in ("version", ".data/version"):
+        number = text.removesuffix("\n")
+        return number.isascii() and number.isdigit() and 1 <= int(number) <= _MAX_TORCH_VERSION
+    if rel == "byteorder":
+        return text == "little"
+    if rel in (".format_version", ".storage_alignment"):
+        return text.isascii() and text.isdigit() and len(text) <= 6
+    return True
 
 
 # --------------------------------------------------------------------------- reading
@@ -824,6 +838,8 @@ class _Layout:
                     )
                 except UnicodeDecodeError:
                     return None
+                if not _record_text_ok(rel, text):
+                    return None
                 if rel == _SERIALIZATION_ID:
                     if len(text) != 40 or not text.isascii() or not text.isdigit():
                         return None
@@ -974,7 +990,12 @@ def _exact_plan(
         if tensor is not None or rel == "data.pkl":
             if text is not None:
                 raise fail(f"gives a text for record `{rel}`")
-        elif rel not in _KNOWN_RECORDS or not isinstance(text, str) or len(text) > 64:
+        elif (
+            rel not in _KNOWN_RECORDS
+            or not isinstance(text, str)
+            or len(text) > 64
+            or not _record_text_ok(rel, text)
+        ):
             raise fail(f"has an unknown or invalid record `{rel:.60}`")
         elif rel == _SERIALIZATION_ID and not (len(text) == 20 and text.isdigit()):
             raise fail("has an invalid serialization id")

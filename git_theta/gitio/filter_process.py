@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol
 
+from git_theta.errors import UsageError
 from git_theta.gitio import pktline
 
 # handler(command, pathname, input file path, output stream) writes the result to output.
@@ -289,7 +290,10 @@ def _request(
         answer = _Answer(out)
         try:
             if command not in COMMANDS:
-                raise ValueError(f"unsupported filter command {command!r}")
+                raise UsageError(
+                    f"git asked for the filter command {command!r:.40}, which git-theta does "
+                    f"not serve (it serves {' and '.join(COMMANDS)})"
+                )
             handler(command, pathname, Path(src.name), answer)  # type: ignore[arg-type]
         except Exception as exc:  # any failure becomes status=error for this file
             _fail(out, on_error, command, pathname, exc, started=answer.started)
