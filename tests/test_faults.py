@@ -332,8 +332,59 @@ def test_an_object_missing_or_corrupt_on_the_server(
     )
 
 
+CUTS = "cuts each transfer off halfway"
+
+
 class _Broken(http.server.BaseHTTPRequestHandler):
-    """An LFS endpoint that fails every request the way ``server.mode`` says."""
+    """An LFS endpoint that fails every request the way ``server.mode`` says; in mode
+    ``CUTS`` it answers the batch API, then closes each object's connection halfway
+    through its bytes (a download sends half of them, an upload is read half)."""
+
+    def _cut(self) -> None:
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def do_POST(self) -> None:
+        if self.server.mode != CUTS or not self.path.endswith("/objects/batch"):  # type: ignore[attr-defined]
+            return self._fail()
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        base = f"http://127.0.0.1:{self.server.server_address[1]}/data"
+        objects = []
+        for obj in request["objects"]:
+            self.server.sizes[obj["oid"]] = obj["size"]  # type: ignore[attr-defined]
+            action = {"href": f"{base}/{obj['oid']}", "expires_in": 3600}
+            objects.append(
+                {**obj, "authenticated": True, "actions": {request["operation"]: action}}
+            )
+        self._send(200, {"transfer": "basic", "objects": objects})
+
+    def do_GET(self) -> None:
+        if self.server.mode != CUTS:  # type: ignore[attr-defined]
+            return self._fail()
+        size = self.server.sizes.get(self.path.rsplit("/", 1)[-1], 2)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.wfile.write(bytes(size // 2))
+        self.wfile.flush()
+        self.server.cut += 1  # type: ignore[attr-defined]
+        self._cut()
+
+    def do_PUT(self) -> None:
+        if self.server.mode != CUTS:  # type: ignore[attr-defined]
+            return self._fail()
+        self.rfile.read(int(self.headers.get("Content-Length", "2")) // 2)
+        self.server.cut += 1  # type: ignore[attr-defined]
+        self._cut()
+
+    def _send(self, status: int, answer: dict[str, object]) -> None:
+        body = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.git-lfs+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _fail(self) -> None:
         mode = self.server.mode  # type: ignore[attr-defined]
@@ -341,17 +392,8 @@ class _Broken(http.server.BaseHTTPRequestHandler):
             self.server.stopping.wait(60)  # type: ignore[attr-defined]
             return
         if mode == "closes the connection":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        body = json.dumps({"message": "internal error"}).encode()
-        self.send_response(500)
-        self.send_header("Content-Type", "application/vnd.git-lfs+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _fail
+            return self._cut()
+        self._send(500, {"message": "internal error"})
 
     def log_message(self, *args: object) -> None:
         pass
@@ -364,6 +406,8 @@ class _BrokenServer(http.server.ThreadingHTTPServer):
     def __init__(self, mode: str) -> None:
         super().__init__(("127.0.0.1", 0), _Broken)
         self.mode = mode
+        self.sizes: dict[str, int] = {}
+        self.cut = 0  # transfers cut off halfway
         self.stopping = threading.Event()
         self.url = f"http://127.0.0.1:{self.server_address[1]}/test/repo"
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -385,7 +429,7 @@ def _point_at(repo: Repo, url: str) -> None:
         repo.git("config", key, value)
 
 
-BROKEN = ["answers 500", "closes the connection", "stalls"]
+BROKEN = ["answers 500", "closes the connection", "stalls", CUTS]
 
 
 @pytest.mark.timeout(300)
@@ -401,6 +445,7 @@ def test_an_lfs_server_that_fails_a_push(shared: tuple[Repo, Path, LfsServer], m
     finally:
         broken.stop()
     assert proc.returncode != 0
+    assert broken.cut > 0 or mode != CUTS  # the transfers began, then broke
     lines = _theta_lines(proc.stderr)
     assert len(lines) == 1 and "could not upload objects for tensors" in lines[0], proc.stderr
     _fsck(a)
@@ -428,16 +473,18 @@ def test_an_lfs_server_that_fails_a_checkout(
     finally:
         broken.stop()
     assert proc.returncode != 0
+    assert broken.cut > 0 or mode != CUTS  # the transfers began, then broke
     lines = _theta_lines(proc.stderr)
     assert len(lines) == 1 and "could not download objects for tensors" in lines[0], proc.stderr
-    assert not (b.path / "model.pt").exists()
+    assert not (b.path / "model.pt").exists() and not b.objects()  # nothing bad stored
     _point_at(b, server.url)
     b.theta("checkout")
     assert _sha(b.path / "model.pt") == expected
     record(
         f"LFS server {mode}",
         "git theta checkout",
-        "one line naming the tensors; nothing written; the checkout from a working server works",
+        "one line naming the tensors; nothing written or stored; the checkout from a working "
+        "server works",
     )
 
 
