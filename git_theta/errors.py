@@ -12,6 +12,10 @@ class ThetaError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # one line, whatever text from a checkpoint or another tool the message quotes
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+
 
 class UsageError(ThetaError, ValueError):
     """Raised when a command is called with arguments that cannot work."""
