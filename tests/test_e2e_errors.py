@@ -124,7 +124,7 @@ def assert_add_refused(repo: Repo, content: bytes, expected_line: str) -> None:
         ),
         (
             garbled_pickle,
-            "invalid PyTorch checkpoint: invalid load key, '\\xda'.",
+            "invalid PyTorch checkpoint: invalid pickle: at position 0, opcode b'\\xda' unknown",
         ),
     ],
     ids=["truncated", "garbled-pickle"],

@@ -114,7 +114,7 @@ def _parse(head: bytes, where: str) -> _Array:
         raise ValueError(f"{where} has a shape that is not sizes")
     try:
         dtype = np.dtype(value["descr"])
-    except (TypeError, ValueError, RecursionError):
+    except (TypeError, ValueError, SyntaxError, RecursionError):  # numpy parses "a,b" itself
         raise ValueError(f"{where} has a dtype numpy does not know") from None
     if dtype.hasobject:
         raise UnsupportedError(

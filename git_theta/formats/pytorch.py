@@ -890,8 +890,9 @@ def _check_memo(data: bytes, display_name: str) -> None:
             opcode, arg, _ = next(ops)
         except StopIteration:
             return
-        except (ValueError, TypeError):  # not opcodes: the unpickler stops there too, and
-            return  # says what is wrong in its own words
+        except (ValueError, TypeError) as exc:  # not opcodes (the unpickler would stop there
+            # too, but may first allocate what a length claims: 2**62 bytes for a BINBYTES8)
+            raise pickle.UnpicklingError(f"invalid pickle: {exc}") from None
         if opcode.name in _MEMO_PUTS and not 0 <= int(arg) < MAX_VALUES:  # type: ignore[arg-type]
             raise NotACheckpointError(
                 display_name,
