@@ -309,7 +309,8 @@ def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
     try:
         with open(path, "rb") as f:
             archive = _Archive(f)
-            rows = _words_layout(archive.member("zarr.json"), word, words)
+            meta = archive.member("zarr.json")
+            rows = _words_layout(None if meta is None else bytes(meta), word, words)
             if rows is None:
                 return None
             _check_budget(word, words)
@@ -355,11 +356,11 @@ class _Archive:
         # name -> (local header offset, method, compressed size, size)
         self.entries = self._directory()
 
-    def _read(self, offset: int, count: int) -> bytes:
+    def _read(self, offset: int, count: int) -> bytes | memoryview:
         if offset < 0 or count < 0 or offset + count > self.size:
             raise ValueError("member out of the file")
-        if self.whole is not None:
-            return self.whole[offset : offset + count]
+        if self.whole is not None:  # a view: a chunk is decoded from where it was read
+            return memoryview(self.whole)[offset : offset + count]
         self.f.seek(offset)
         data: bytes = self.f.read(count)
         if len(data) != count:
@@ -389,7 +390,7 @@ class _Archive:
                     if flags & 1:  # encrypted: not an object git-theta wrote
                         method = -1
                     name = table[pos + _CENTRAL.size : pos + _CENTRAL.size + name_len]
-                    entries[name.decode("utf-8", "replace")] = (offset, method, packed, size)
+                    entries[bytes(name).decode("utf-8", "replace")] = (offset, method, packed, size)
                     pos += _CENTRAL.size + name_len + extra_len + note_len
                 else:
                     if pos == cd_size:
@@ -410,7 +411,7 @@ class _Archive:
                 for i in archive.infolist()
             }
 
-    def member(self, name: str) -> bytes | None:
+    def member(self, name: str) -> bytes | memoryview | None:
         """The bytes of one member stored plainly (uncompressed), or None."""
         entry = self.entries.get(name)
         if entry is None:
@@ -489,7 +490,7 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
     return rows
 
 
-def _unblosc(data: bytes, out: np.ndarray) -> bool:
+def _unblosc(data: bytes | memoryview, out: np.ndarray) -> bool:
     """Decompresses one blosc chunk, whose header was checked to hold exactly ``out``'s
     bytes, into ``out``; False when c-blosc refuses it."""
     import blosc
