@@ -348,10 +348,10 @@ class _Archive:
     def __init__(self, f: Any) -> None:
         self.f = f
         self.size = f.seek(0, io.SEEK_END)
-        self.whole: bytes | None = None
+        self.whole: memoryview | None = None  # members are views of it, never copies
         if self.size <= _READ_WHOLE:
             f.seek(0)
-            self.whole = f.read()
+            self.whole = memoryview(f.read())
             self.size = len(self.whole)
         # name -> (local header offset, method, compressed size, size)
         self.entries = self._directory()
@@ -359,8 +359,8 @@ class _Archive:
     def _read(self, offset: int, count: int) -> bytes | memoryview:
         if offset < 0 or count < 0 or offset + count > self.size:
             raise ValueError("member out of the file")
-        if self.whole is not None:  # a view: a chunk is decoded from where it was read
-            return memoryview(self.whole)[offset : offset + count]
+        if self.whole is not None:
+            return self.whole[offset : offset + count]
         self.f.seek(offset)
         data: bytes = self.f.read(count)
         if len(data) != count:

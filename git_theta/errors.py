@@ -137,15 +137,15 @@ class NotARepositoryError(ThetaError, RuntimeError):
         super().__init__(f"{path} is not inside a git repository: run `git init` first")
 
 
+_FREE_SOME = "free some (`git theta gc` deletes objects nothing refers to)"
+
+
 def _local_cause(text: str) -> str:
     """What git-lfs's words say about this machine's disk, when they say it is full or
     read-only ("" otherwise)."""
     lowered = text.lower()
     if "no space left on device" in lowered or "disk quota exceeded" in lowered:
-        return (
-            "no space left on the device holding the repository: free some (`git theta gc` "
-            "deletes objects nothing refers to)"
-        )
+        return f"no space left on the device holding the repository: {_FREE_SOME}"
     if "read-only file system" in lowered:
         return "the repository's LFS directory is on a read-only file system: make it writable"
     return ""
@@ -158,10 +158,7 @@ def describe_os_error(exc: OSError) -> str:
 
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (
-            f"no space left on the device{where}: free some (`git theta gc` deletes objects "
-            "nothing refers to) and run the command again"
-        )
+        return f"no space left on the device{where}: {_FREE_SOME} and run the command again"
     if exc.errno == errno.EROFS:
         return f"read-only file system{where}: make it writable and run the command again"
     if exc.errno in (errno.EACCES, errno.EPERM):

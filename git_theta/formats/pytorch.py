@@ -103,6 +103,13 @@ def _record_text_ok(rel: str, text: str) -> bool:
     return True
 
 
+def _alignment(records: list[tuple[str, str | None, str | None]]) -> int:
+    """The storage alignment a file's records give (its `.storage_alignment`, else torch's
+    default of 64)."""
+    text = next((t for r, t, _ in records if r == ".storage_alignment"), None)
+    return int(text) if text and text.isdigit() else _ALIGN
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -848,8 +855,7 @@ class _Layout:
             plan_records.append((rel, text, tensor))
         if names:  # a storage with no member of its own
             return None
-        alignment = next((t for r, t, _ in plan_records if r == ".storage_alignment"), None)
-        align = int(alignment) if alignment and alignment.isdigit() else _ALIGN
+        align = _alignment(plan_records)
         if not 1 <= align <= MAX_ALIGN:
             return None
         plan = _Plan(self.prefix[:-1], align, self.data_pkl, plan_records)
@@ -1005,8 +1011,7 @@ def _exact_plan(
         raise fail("does not list the pickle and every storage once")
     # the alignment `git add` records is the one the file's own record gives: any other
     # would write a file that, added again, is stored otherwise
-    alignment = next((t for r, t, _ in plan if r == ".storage_alignment"), None)
-    if align != (int(alignment) if alignment and alignment.isdigit() else _ALIGN):
+    if align != _alignment(plan):
         raise fail("has an alignment its `.storage_alignment` record does not give")
     return _Plan(name, align, data_pkl, plan)
 
