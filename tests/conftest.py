@@ -29,12 +29,7 @@ def isolated_git(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Repo]:
     """A new repository with git-theta installed in its local config and `model.pt` tracked."""
-    r = Repo.init(tmp_path / "repo")
-    r.theta("install", "--local")
-    r.theta("track", "model.pt")
-    r.git("add", ".gitattributes")
-    r.git("commit", "-q", "-m", "track model.pt")
-    yield r
+    yield Repo.tracking(tmp_path / "repo")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -42,6 +42,16 @@ class Repo:
         subprocess.run(["git", "init", "-q", str(path)], check=True)
         return cls(path)
 
+    @classmethod
+    def tracking(cls, path: Path, pattern: str = "model.pt") -> Repo:
+        """A new repository with git-theta installed in its local config and ``pattern``
+        tracked, its `.gitattributes` committed."""
+        r = cls.init(path)
+        r.theta("install", "--local")
+        r.theta("track", pattern)
+        r.commit_file(".gitattributes", f"track {pattern}")
+        return r
+
     def run(
         self, *args: str, check: bool = True, input: bytes | None = None
     ) -> subprocess.CompletedProcess[str]:

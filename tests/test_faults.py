@@ -25,7 +25,7 @@ import torch
 
 from tests.helpers import Repo, seeded_state_dict
 from tests.lfs_server import LfsServer
-from tests.test_remote import clone
+from tests.test_remote import clone, clone_without_objects
 
 KILLS = 13  # kill points per command (4 commands: 52 over a run)
 
@@ -103,91 +103,66 @@ def _delays(seed: int, longest: float) -> list[float]:
     return [rng.uniform(0.01, longest) for _ in range(KILLS)]
 
 
-@pytest.mark.timeout(600)
-def test_git_add_killed_at_random_points(repo: Repo) -> None:
-    committed = {}
-    for i, delay in enumerate(_delays(1, 1.2)):
-        expected = _save(repo, seed=100 + i)
-        _killed(repo, ["git", "add", "model.pt"], delay)
-        _after_kill(repo)
-        _fsck(repo)
-        repo.git("add", "model.pt")  # the next run succeeds
-        repo.git("commit", "-q", "-m", f"v{i}")
-        committed[repo.git("rev-parse", "HEAD").stdout.strip()] = expected
-    _all_check_out(repo, committed)
-    record(
-        f"SIGKILL at {KILLS} random points",
-        "git add",
-        "fsck --all clean; the next add stages the file; every commit checks out bit-exact",
-    )
-
-
-@pytest.mark.timeout(600)
-def test_git_checkout_killed_at_random_points(repo: Repo) -> None:
-    first = _save(repo, seed=1)
-    repo.commit_file("model.pt", "v1")
-    second = _save(repo, seed=2)
-    repo.commit_file("model.pt", "v2")
-    for i, delay in enumerate(_delays(2, 1.0)):
-        rev, expected = ("HEAD~1", first) if i % 2 == 0 else ("HEAD", second)
-        _killed(repo, ["git", "checkout", rev, "--", "model.pt"], delay)
-        _after_kill(repo)
-        _fsck(repo)
-        repo.git("checkout", rev, "--", "model.pt")
-        assert _sha(repo.path / "model.pt") == expected
-    record(
-        f"SIGKILL at {KILLS} random points",
-        "git checkout",
-        "fsck --all clean; a cut-short work-tree file is rewritten by the next checkout",
-    )
+# how a command is stopped: the fault's name in the table, and what its row adds
+STOPS = {
+    signal.SIGKILL: (f"SIGKILL at {KILLS} random points", ""),
+    signal.SIGINT: (
+        f"Ctrl-C (SIGINT to the process group) at {KILLS} random points",
+        "no traceback from git-theta; ",
+    ),
+}
 
 
 def _no_traceback(stderr: str) -> None:
-    """A Ctrl-C ends in git's and git-theta's own words, never in a traceback through
-    git-theta's code. (One that lands while the interpreter itself starts, before any of
-    git-theta's code runs, is Python's: "Fatal Python error: init_import_site".)"""
+    """A stopped command ends in git's and git-theta's own words, never in a traceback
+    through git-theta's code. (A Ctrl-C that lands while the interpreter itself starts,
+    before any of git-theta's code runs, is Python's: "Fatal Python error:
+    init_import_site".)"""
     assert not re.search(r'File "[^"]*/git_theta/', stderr), stderr
 
 
 @pytest.mark.timeout(600)
-def test_git_add_interrupted_by_ctrl_c(repo: Repo) -> None:
+@pytest.mark.parametrize("sig", list(STOPS), ids=["sigkill", "ctrl-c"])
+def test_git_add_stopped_at_random_points(repo: Repo, sig: signal.Signals) -> None:
     committed = {}
-    for i, delay in enumerate(_delays(6, 1.2)):
-        expected = _save(repo, seed=300 + i)
-        _, stderr = _signalled(repo, ["git", "add", "model.pt"], delay, signal.SIGINT)
+    for i, delay in enumerate(_delays(int(sig), 1.2)):
+        expected = _save(repo, seed=100 * int(sig) + i)
+        _, stderr = _signalled(repo, ["git", "add", "model.pt"], delay, sig)
         _no_traceback(stderr)
         _after_kill(repo)
         _fsck(repo)
         committed[repo.commit_file("model.pt", f"v{i}")] = expected  # the next add works
     _all_check_out(repo, committed)
+    fault, adds = STOPS[sig]
     record(
-        f"Ctrl-C (SIGINT to the process group) at {KILLS} random points",
+        fault,
         "git add",
-        "no traceback from git-theta; fsck --all clean; the next add stages the file; every commit checks "
-        "out bit-exact",
+        f"{adds}fsck --all clean; the next add stages the file; every commit checks out bit-exact",
     )
 
 
 @pytest.mark.timeout(600)
-def test_git_checkout_interrupted_by_ctrl_c(repo: Repo) -> None:
+@pytest.mark.parametrize("sig", list(STOPS), ids=["sigkill", "ctrl-c"])
+def test_git_checkout_stopped_at_random_points(repo: Repo, sig: signal.Signals) -> None:
     history = {}
     for seed in (1, 2):
         expected = _save(repo, seed=seed)
         history[repo.commit_file("model.pt", f"v{seed}")] = expected
     revs = list(history)
-    for i, delay in enumerate(_delays(7, 1.0)):
+    for i, delay in enumerate(_delays(int(sig) + 1, 1.0)):
         rev = revs[i % 2]
         args = ["git", "checkout", rev, "--", "model.pt"]
-        _, stderr = _signalled(repo, args, delay, signal.SIGINT)
+        _, stderr = _signalled(repo, args, delay, sig)
         _no_traceback(stderr)
         _after_kill(repo)
         _fsck(repo)
         repo.git("checkout", rev, "--", "model.pt")
         assert _sha(repo.path / "model.pt") == history[rev]
+    fault, adds = STOPS[sig]
     record(
-        f"Ctrl-C (SIGINT to the process group) at {KILLS} random points",
+        fault,
         "git checkout",
-        "no traceback from git-theta; fsck --all clean; the next checkout writes the file bit-exact",
+        f"{adds}fsck --all clean; the next checkout rewrites a cut-short work-tree file bit-exact",
     )
 
 
@@ -238,6 +213,14 @@ def _theta_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("git-theta: error:")]
 
 
+def _one_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with exactly one line of git-theta's: that line."""
+    assert proc.returncode != 0, proc.stderr
+    lines = _theta_lines(proc.stderr)
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 @pytest.mark.timeout(300)
 def test_an_lfs_server_that_is_down(shared: tuple[Repo, Path, LfsServer]) -> None:
     a, _, server = shared
@@ -245,9 +228,7 @@ def test_an_lfs_server_that_is_down(shared: tuple[Repo, Path, LfsServer]) -> Non
     a.commit_file("model.pt", "v1")
     server.stop()
     proc = a.git("push", "origin", "main", check=False)
-    assert proc.returncode != 0
-    lines = _theta_lines(proc.stderr)
-    assert len(lines) == 1 and "could not upload objects for tensors" in lines[0], proc.stderr
+    assert "could not upload objects for tensors" in _one_error(proc), proc.stderr
     _fsck(a)
     server.start()
     a.git("push", "-q", "origin", "main")
@@ -259,17 +240,6 @@ def test_an_lfs_server_that_is_down(shared: tuple[Repo, Path, LfsServer]) -> Non
     )
 
 
-def clone_without_objects(bare: Path, dest: Path) -> Repo:
-    """A clone of ``bare`` with no object and no checkpoint in its work tree: what a
-    checkout must download."""
-    b, _ = clone(bare, dest)
-    for found in (b.path / ".git" / "lfs").rglob("*"):
-        if found.is_file():
-            found.unlink()
-    (b.path / "model.pt").unlink()
-    return b
-
-
 @pytest.mark.timeout(300)
 def test_an_lfs_server_that_is_down_during_a_clone(
     shared: tuple[Repo, Path, LfsServer], tmp_path: Path
@@ -277,9 +247,8 @@ def test_an_lfs_server_that_is_down_during_a_clone(
     a, bare, server, expected = pushed(shared)
     server.stop()
     b, proc = clone(bare, tmp_path / "b", check=False)
-    assert proc.returncode != 0  # git: "Clone succeeded, but checkout failed"
-    lines = _theta_lines(proc.stderr)
-    assert len(lines) == 1 and "could not download objects for tensors" in lines[0], proc.stderr
+    # git: "Clone succeeded, but checkout failed"
+    assert "could not download objects for tensors" in _one_error(proc), proc.stderr
     assert not (b.path / "model.pt").exists() and not b.objects()
     server.start()
     b.theta("checkout")  # as the message says
@@ -316,10 +285,8 @@ def test_an_object_missing_or_corrupt_on_the_server(
     else:
         victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     b, proc = clone(bare, tmp_path / "b", check=False)
-    assert proc.returncode != 0  # git: "Clone succeeded, but checkout failed"
-    lines = _theta_lines(proc.stderr)
-    assert len(lines) == 1, proc.stderr
-    assert "could not download objects for tensors" in lines[0]
+    # git: "Clone succeeded, but checkout failed"
+    assert "could not download objects for tensors" in _one_error(proc), proc.stderr
     assert not b.objects() & {victim.name}  # nothing bad stored
     _fsck(a)  # the pushing repository still has everything
     victim.write_bytes(original)
@@ -444,10 +411,8 @@ def test_an_lfs_server_that_fails_a_push(shared: tuple[Repo, Path, LfsServer], m
         proc = a.git("push", "origin", "main", check=False)
     finally:
         broken.stop()
-    assert proc.returncode != 0
     assert broken.cut > 0 or mode != CUTS  # the transfers began, then broke
-    lines = _theta_lines(proc.stderr)
-    assert len(lines) == 1 and "could not upload objects for tensors" in lines[0], proc.stderr
+    assert "could not upload objects for tensors" in _one_error(proc), proc.stderr
     _fsck(a)
     _point_at(a, server.url)
     a.git("push", "-q", "origin", "main")
@@ -472,10 +437,8 @@ def test_an_lfs_server_that_fails_a_checkout(
         proc = b.theta("checkout", check=False)
     finally:
         broken.stop()
-    assert proc.returncode != 0
     assert broken.cut > 0 or mode != CUTS  # the transfers began, then broke
-    lines = _theta_lines(proc.stderr)
-    assert len(lines) == 1 and "could not download objects for tensors" in lines[0], proc.stderr
+    assert "could not download objects for tensors" in _one_error(proc), proc.stderr
     assert not (b.path / "model.pt").exists() and not b.objects()  # nothing bad stored
     _point_at(b, server.url)
     b.theta("checkout")

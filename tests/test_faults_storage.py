@@ -24,12 +24,13 @@ from tests.lfs_server import LfsServer
 from tests.test_faults import (
     _all_check_out,
     _fsck,
+    _one_error,
     _sha,
     _theta_lines,
-    clone_without_objects,
     pushed,
     record,
 )
+from tests.test_remote import clone_without_objects
 
 DISK = 48 << 20  # the tmpfs: room for the repository and a few versions of its checkpoint
 
@@ -55,14 +56,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs."""
     with _mounted(tmp_path / "disk", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs") as target:
         yield target
-
-
-def _tracking(path: Path) -> Repo:
-    r = Repo.init(path)
-    r.theta("install", "--local")
-    r.theta("track", "model.pt")
-    r.commit_file(".gitattributes", "track model.pt")
-    return r
 
 
 def _save(repo: Repo, seed: int, n: int = 8) -> str:
@@ -100,22 +93,20 @@ def _no_temporaries(repo: Repo) -> None:
 
 @pytest.mark.timeout(300)
 def test_git_add_on_a_full_disk(disk: Path) -> None:
-    r = _tracking(disk / "repo")
+    r = Repo.tracking(disk / "repo")
     history = {}
     first = _save(r, seed=1)
     history[r.commit_file("model.pt", "v1")] = first
     second = _save(r, seed=2)  # every tensor new: 2 MiB of objects to write
     with _full(disk):
         proc = r.git("add", "model.pt", check=False)
-        assert proc.returncode != 0
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1, proc.stderr
+        line = _one_error(proc)
         assert re.fullmatch(
             f"git-theta: error: model.pt: no space left on the device "
             rf"\({re.escape(str(r.path))}/\.git/lfs(/tmp)?\): free some \(`git theta gc` "
             r"deletes objects nothing refers to\) and run the command again",
-            lines[0],
-        ), lines[0]
+            line,
+        ), line
         _unstaged_nothing(r)
         _no_temporaries(r)
         _fsck(r)
@@ -131,7 +122,7 @@ def test_git_add_on_a_full_disk(disk: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_git_checkout_on_a_full_disk(disk: Path) -> None:
-    r = _tracking(disk / "repo")
+    r = Repo.tracking(disk / "repo")
     big = _save(r, seed=3)
     history = {r.commit_file("model.pt", "big"): big}
     small = _save(r, seed=4, n=1)
@@ -159,12 +150,8 @@ def test_a_download_onto_a_full_disk(shared: tuple[Repo, Path, LfsServer], disk:
     b = clone_without_objects(bare, disk / "b")
     with _full(disk):
         proc = b.theta("checkout", check=False)
-        assert proc.returncode != 0
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1, proc.stderr
-        assert (
-            "from remote `origin`: no space left on the device holding the repository" in (lines[0])
-        )
+        line = _one_error(proc)
+        assert "from remote `origin`: no space left on the device holding the repository" in line
         _no_temporaries(b)
         assert not b.objects()  # nothing half-downloaded kept
         assert not (b.path / "model.pt").exists()
@@ -196,16 +183,14 @@ def _two_versions(r: Repo) -> dict[str, str]:
 
 @pytest.mark.timeout(300)
 def test_git_add_with_a_read_only_store(tmp_path: Path) -> None:
-    r = _tracking(tmp_path / "repo")
+    r = Repo.tracking(tmp_path / "repo")
     history = _two_versions(r)
     before = r.objects()
     new = _save(r, seed=8)
     with _read_only(r.path / ".git" / "lfs"):
         proc = r.git("add", "model.pt", check=False)
-        assert proc.returncode != 0
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1, proc.stderr
-        assert lines[0] == (
+        line = _one_error(proc)
+        assert line == (
             f"git-theta: error: model.pt: read-only file system ({r.path}/.git/lfs): "
             "make it writable and run the command again"
         )
@@ -224,7 +209,7 @@ def test_git_add_with_a_read_only_store(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_git_checkout_and_fsck_with_a_read_only_store(tmp_path: Path) -> None:
-    r = _tracking(tmp_path / "repo")
+    r = Repo.tracking(tmp_path / "repo")
     history = _two_versions(r)
     with _read_only(r.path / ".git" / "lfs"):
         _fsck(r)  # reading needs no writes
@@ -241,7 +226,7 @@ def test_git_checkout_and_fsck_with_a_read_only_store(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_git_theta_gc_with_a_read_only_store(tmp_path: Path) -> None:
-    r = _tracking(tmp_path / "repo")
+    r = Repo.tracking(tmp_path / "repo")
     history = _two_versions(r)
     _save(r, seed=9)
     r.git("add", "model.pt")  # objects that only this staged version needs
@@ -249,11 +234,9 @@ def test_git_theta_gc_with_a_read_only_store(tmp_path: Path) -> None:
     before = r.objects()
     with _read_only(r.path / ".git" / "lfs"):
         proc = r.theta("gc", "--prune=now", check=False)
-        assert proc.returncode != 0
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1, proc.stderr
-        assert lines[0].startswith("git-theta: error: could not delete object "), lines[0]
-        assert "read-only file system" in lines[0], lines[0]
+        line = _one_error(proc)
+        assert line.startswith("git-theta: error: could not delete object "), line
+        assert "read-only file system" in line, line
     assert r.objects() == before  # nothing deleted
     _fsck(r)
     proc = r.theta("gc", "--prune=now")
@@ -275,10 +258,8 @@ def test_a_download_into_a_read_only_store(
     b = clone_without_objects(bare, tmp_path / "b")
     with _read_only(b.path / ".git" / "lfs"):
         proc = b.theta("checkout", check=False)
-        assert proc.returncode != 0
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1, proc.stderr
-        assert lines[0].endswith(
+        line = _one_error(proc)
+        assert line.endswith(
             "from remote `origin`: the repository's LFS directory is on a read-only file "
             "system: make it writable, then run `git theta checkout`"
         )
@@ -317,8 +298,7 @@ def test_an_object_decayed_in_the_local_store(
             assert _sha(a.path / "model.pt") == expected
             continue
         failed += 1
-        lines = _theta_lines(proc.stderr)
-        assert len(lines) == 1 and f"object {victim.name[:12]}…" in lines[0], proc.stderr
+        assert f"object {victim.name[:12]}…" in _one_error(proc), proc.stderr
         model = a.path / "model.pt"
         assert not model.exists() or _sha(model) in history.values()  # never a wrong file
     assert failed

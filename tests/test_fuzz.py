@@ -44,6 +44,15 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from tests.helpers import claiming
+from tests.test_hostile import (
+    REBUILD_SIZE,
+    _cycle,
+    _deep,
+    _inflating,
+    _saved,
+    _shared,
+    _with_pickle,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 4 << 30
@@ -339,29 +348,6 @@ def _check_file(worker: Worker, name: str, identical: bool = False) -> Callable[
 # -- the hostile inputs of the hostile-input issue, and defects the fuzzers found ----------
 
 
-def _with_member(valid: bytes, suffix: str, data: bytes) -> bytes:
-    """``valid`` (a zip archive) with the member ending in ``suffix`` replaced by ``data``."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(valid)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            dst.writestr(info, data if info.filename.endswith(suffix) else src.read(info))
-    return out.getvalue()
-
-
-def _inflating(valid: bytes, suffix: str, size: int) -> bytes:
-    """``valid`` with the member ending in ``suffix`` deflating to ``size`` zero bytes."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(valid)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            if info.filename.endswith(suffix):
-                with dst.open(info.filename, "w", force_zip64=True) as w:
-                    for _ in range(size >> 20):
-                        w.write(bytes(1 << 20))
-            else:
-                dst.writestr(info, src.read(info))
-    return out.getvalue()
-
-
 def _zip_version(data: bytes, version: int) -> bytes:
     """Every header of the archive claiming it needs zip ``version`` to extract."""
     out = bytearray(data)
@@ -379,35 +365,6 @@ def _pickle_of(value: object) -> bytes:
         return archive.read(name)
 
 
-def _saved(value: object) -> bytes:
-    buf = io.BytesIO()
-    torch.save(value, buf)
-    return buf.getvalue()
-
-
-def _shared(depth: int) -> list[object]:
-    """A list sharing one list twice at each of ``depth`` levels: 2^depth values."""
-    value: list[object] = []
-    for _ in range(depth):
-        value = [value, value]
-    return value
-
-
-def _deep(depth: int) -> list[object]:
-    value: list[object] = []
-    for _ in range(depth):
-        value = [value]
-    return value
-
-
-def _cycle() -> list[object]:
-    value: list[object] = []
-    value.append(value)
-    return value
-
-
-# a pickle that BUILDs the allowed global torch.Size, replacing how it builds sizes with set
-REBUILD_SIZE = b"\x80\x02ctorch\nSize\n}(X\x06\x00\x00\x00_buildcbuiltins\nset\nub0}."
 HOSTILE_PICKLES = [
     REBUILD_SIZE,
     _pickle_of({"x": _shared(60)}),
@@ -416,8 +373,8 @@ HOSTILE_PICKLES = [
     _pickle_of({"x": 10**100_000}),
 ]
 HOSTILE_ARCHIVES = [
-    _inflating(PYTORCH, "/data.pkl", 128 << 20),  # more than the 64 MiB a data.pkl may hold
-    _inflating(PYTORCH, "/byteorder", 1 << 20),  # more than the 16 bytes of a byteorder
+    _inflating("/data.pkl", 128 << 20),  # more than the 64 MiB a data.pkl may hold
+    _inflating("/byteorder", 16 << 20),  # more than the 16 bytes of a byteorder
     _zip_version(PYTORCH, 84),  # zip 8.4, which zipfile refused with NotImplementedError
     _zip_version(PYTORCH, 0xFFFF),
     # views repeating their storage: 200 KB and one float claiming 9.3 GiB each
@@ -486,7 +443,7 @@ def test_fuzz_the_pickle_reader(worker: Worker) -> None:
     fuzz(
         "pytorch-pickle",
         _spliced_pickle(pickle_bytes),
-        lambda data: check(_with_member(PYTORCH, "/data.pkl", data)),
+        lambda data: check(_with_pickle(PYTORCH, data)),
         HOSTILE_PICKLES,
     )
 

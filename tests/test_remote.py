@@ -86,6 +86,17 @@ def clone(
     return Repo(dest), proc
 
 
+def clone_without_objects(bare: Path, dest: Path) -> Repo:
+    """A clone of ``bare`` with no object and no checkpoint in its work tree: what a
+    checkout must download."""
+    b, _ = clone(bare, dest)
+    for found in (b.path / ".git" / "lfs").rglob("*"):
+        if found.is_file():
+            found.unlink()
+    (b.path / "model.pt").unlink()
+    return b
+
+
 def ls_remote(bare: Path) -> str:
     return run("git", "ls-remote", bare, cwd=bare).stdout
 

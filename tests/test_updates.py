@@ -328,16 +328,8 @@ def _assert_checks_out(repo: Repo, commits: list[tuple[str, dict[str, np.ndarray
     repo.git("checkout", "HEAD", "--", "model.safetensors")
 
 
-def _tracked(path: Path) -> Repo:
-    repo = Repo.init(path)
-    repo.theta("install", "--local")
-    repo.theta("track", "model.safetensors")
-    repo.commit_file(".gitattributes", "track")
-    return repo
-
-
 def test_squash_stores_chains_whole_and_gc_keeps_every_commit(tmp_path: Path) -> None:
-    repo = _tracked(tmp_path / "repo")
+    repo = Repo.tracking(tmp_path / "repo", "model.safetensors")
     commits = _chained_repo(repo, 3)
     assert repo.theta("squash").stdout == (
         "model.safetensors: 3 tensors stored whole (chains of up to 3 updates); "
