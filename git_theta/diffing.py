@@ -119,7 +119,7 @@ def compare(
         elif after is None and before is not None:
             diff.tensors.append(TensorChange(name, "removed", _shape(before), None))
         elif before is not None and after is not None:
-            if _shape(before) == _shape(after) and before.hash == after.hash:
+            if before.same_tensor(after):
                 continue
             modified.append((name, before, after))
     diff.values = value_changes(old.format if old else None, new.format if new else None)

@@ -37,16 +37,17 @@ from git_theta.formats import TensorData
 from git_theta.formats.whole import TEXT_MAX_BYTES, is_small_text
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
-from git_theta.tensors import identity_hash
+from git_theta.tensors import content_hash, identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
 
 @dataclass(frozen=True)
 class _Reuse:
-    """The records of the manifest being replaced, by identity hash, and the (dtype, shape)
-    pairs among them."""
+    """The records of the manifest being replaced: those with a BLAKE3 by it, the others
+    (schemas 1 and 2) by identity hash, and the (dtype, shape) pairs among them."""
 
-    records: dict[str, TensorRecord]
+    by_blake3: dict[str, TensorRecord]
+    by_hash: dict[str, TensorRecord]
     kinds: frozenset[tuple[str, tuple[int, ...]]]
     manifest: Manifest | None
 
@@ -57,9 +58,11 @@ def _previous_records(previous: bytes | None) -> _Reuse:
         manifest = parse_if_manifest(previous) if previous else None
     except ManifestError:
         manifest = None
-    records = {r.hash: r for r in manifest.tensors.values()} if manifest else {}
-    kinds = frozenset((r.dtype, tuple(r.shape)) for r in records.values())
-    return _Reuse(records, kinds, manifest)
+    records = list(manifest.tensors.values()) if manifest else []
+    by_blake3 = {r.blake3: r for r in records if r.blake3 is not None}
+    by_hash = {r.hash: r for r in records if r.blake3 is None}
+    kinds = frozenset((r.dtype, tuple(r.shape)) for r in records)
+    return _Reuse(by_blake3, by_hash, kinds, manifest)
 
 
 def _store_tensor(
@@ -79,11 +82,17 @@ def _store_tensor(
             )
         return given
     words = tensor.load()
-    digest = None
+    digest = check = None
     if (tensor.dtype, tuple(tensor.shape)) in reuse.kinds:
-        # likely unchanged: hash first, and encode only if it did change
-        digest = identity_hash(tensor.dtype, tensor.shape, words)
-        known = reuse.records.get(digest)
+        # likely unchanged: hash first, and encode only if it did change. A record with a
+        # BLAKE3 is found by it (no sha256 needed), one without by its identity hash
+        known = None
+        if reuse.by_blake3:
+            check = content_hash(tensor.dtype, tensor.shape, words)
+            known = reuse.by_blake3.get(check)
+        if known is None and reuse.by_hash:
+            digest = identity_hash(tensor.dtype, tensor.shape, words)
+            known = reuse.by_hash.get(digest)
         if (
             known is not None
             and (known.dtype, known.shape) == (tensor.dtype, tensor.shape)
@@ -91,7 +100,9 @@ def _store_tensor(
         ):
             return known  # unchanged, and its objects are here and sound
     base = reuse.manifest.tensors.get(name) if reuse.manifest is not None else None
-    return updates.store_tensor(tensor.dtype, tensor.shape, words, store, config, digest, base)
+    return updates.store_tensor(
+        tensor.dtype, tensor.shape, words, store, config, digest, base, check, tensor.crc32
+    )
 
 
 # a file stored whole is held in memory with its encoding: at most this share of the budget
@@ -214,12 +225,12 @@ def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarr
             )
     try:
         words = updates.decode(record, store)
-        if identity_hash(record.dtype, record.shape, words) == record.hash:
+        if updates.matches(record, words):
             return words
         oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
         failure: ThetaError = HashMismatchError(
-            f"tensor `{name}` rebuilt from object {oids} does not match its recorded "
-            "hash: the object is corrupt; run `git theta fsck --fetch` to download a good copy"
+            f"rebuilt from object {oids}, it does not match its recorded hash, though the "
+            "objects are sound: the manifest is damaged (check it out again from a good commit)"
         )
     except CorruptObjectError as exc:
         failure = exc

@@ -21,7 +21,7 @@ from git_theta.history import Located
 from git_theta.manifest import TensorRecord
 from git_theta.repo import Repo
 from git_theta.store import ObjectRef
-from git_theta.tensors import identity_hash
+from git_theta.tensors import content_hash, identity_hash
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -92,6 +92,11 @@ def _decodes(repo: Repo, record: TensorRecord) -> str | None:
         return f"does not decode: {type(exc).__name__}: {exc}"
     if identity_hash(record.dtype, record.shape, words) != record.hash:
         return "decodes to data that does not match its recorded hash"
+    if (
+        record.blake3 is not None
+        and content_hash(record.dtype, record.shape, words) != record.blake3
+    ):
+        return "decodes to data that does not match its recorded BLAKE3"
     return None
 
 

@@ -7,11 +7,12 @@ trailing newline), so the same checkpoint gives the same bytes everywhere::
     {
       "aliases": {"lm_head.weight": "wte.weight"},     # tensors stored once, rebuilt shared
       "format": {"name": "pytorch", ...},              # what the format's writer needs
-      "git_theta": 1,                                  # schema version
+      "git_theta": 3,                                  # schema version
       "tensors": {
         "wte.weight": {
           "dtype": "float32", "shape": [50257, 768],
           "hash": "<sha256 identity of dtype, shape and bytes>",
+          "blake3": "<BLAKE3 of the same, which checkout verifies>", "crc32": 123,
           "storage": {"encoding": "dense", "objects": [{"oid": "<sha256>", "size": 123}]}
         }
       }
@@ -43,8 +44,10 @@ from git_theta.tensors import DTYPES, MAX_DIMS, nbytes
 
 # 2: records may carry `crc32`, pytorch tree nodes may carry `view`, objects may use the byte
 # planes layout; git-theta before it would misread those, so it must refuse version 2
-SCHEMA_VERSION = 2
-READS = (1, 2)  # versions this git-theta reads (and writes back as they are)
+# 3: records may carry `blake3`, which checkout verifies in place of the identity hash; a
+# git-theta before it would write the tensor without verifying it, so it must refuse version 3
+SCHEMA_VERSION = 3
+READS = (1, 2, 3)  # versions this git-theta reads (and writes back as they are)
 WIDTH = 100
 # a manifest is never this big: a larger file is a checkpoint, and is not read whole
 MAX_MANIFEST_BYTES = 64 << 20
@@ -366,6 +369,10 @@ class TensorRecord:
     # CRC-32 of the canonical bytes, computed at `git add` so that writers of zip-based
     # formats need not compute it at checkout (None in records of schema 1)
     crc32: int | None = None
+    # BLAKE3 over what ``hash`` covers (``tensors.content_hash``), computed at `git add`:
+    # checkout verifies the tensor by it, and the next `git add` finds the tensor unchanged
+    # by it (None in records of schemas 1 and 2, which are verified by ``hash``)
+    blake3: str | None = None
 
     @property
     def encoding(self) -> str:
@@ -390,7 +397,19 @@ class TensorRecord:
         }
         if self.crc32 is not None:
             value["crc32"] = self.crc32
+        if self.blake3 is not None:
+            value["blake3"] = self.blake3
         return value
+
+    def same_tensor(self, other: TensorRecord) -> bool:
+        """Whether both records describe the same tensor: the same dtype, shape and identity
+        hash, and the same BLAKE3 where both have one (so a record whose BLAKE3, which
+        checkout verifies, disagrees with its identity hash never passes for another)."""
+        return (self.dtype, tuple(self.shape), self.hash) == (
+            other.dtype,
+            tuple(other.shape),
+            other.hash,
+        ) and (self.blake3 is None or other.blake3 is None or self.blake3 == other.blake3)
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> TensorRecord:
@@ -409,7 +428,10 @@ class TensorRecord:
         crc = value.get("crc32")
         if crc is not None and not (_natural(crc) and crc < 1 << 32):
             raise _invalid_id(name)
-        return cls(dtype, tuple(shape), digest, storage, crc)
+        check = value.get("blake3")
+        if check is not None and not (isinstance(check, str) and valid_oid(check)):
+            raise _invalid_id(name)
+        return cls(dtype, tuple(shape), digest, storage, crc, check)
 
 
 @dataclass
@@ -451,7 +473,7 @@ class Manifest:
         if version not in READS:
             raise ManifestError(
                 f"manifest schema version {version!r} is not one this git-theta knows "
-                f"(it reads versions {' and '.join(map(str, READS))}): upgrade git-theta"
+                f"(it reads versions {READS[0]} to {READS[-1]}): upgrade git-theta"
             )
         fmt, records, aliases = (value.get(k) for k in ("format", "tensors", "aliases"))
         aliases = {} if aliases is None else aliases

@@ -84,7 +84,13 @@ def _dense(repo: Repo, chained: dict[str, TensorRecord]) -> dict[str, TensorReco
         name, record = item
         words = load_tensor(name, record, store)
         dense = updates.store_tensor(
-            record.dtype, record.shape, words, store, config, digest=record.hash
+            record.dtype,
+            record.shape,
+            words,
+            store,
+            config,
+            digest=record.hash,
+            check=record.blake3,
         )
         return name, dense
 

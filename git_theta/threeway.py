@@ -50,8 +50,9 @@ class Plan:
         return Manifest(self.format, dict(sorted(tensors.items())), self.aliases)
 
 
-def _key(record: TensorRecord | None) -> tuple[str, tuple[int, ...], str] | None:
-    return None if record is None else (record.dtype, tuple(record.shape), record.hash)
+def _same(a: TensorRecord | None, b: TensorRecord | None) -> bool:
+    """Whether two records (None: absent) hold the same tensor."""
+    return a is b if a is None or b is None else a.same_tensor(b)
 
 
 def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> Plan:
@@ -63,11 +64,11 @@ def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> Plan:
     names = list(dict.fromkeys([*ours.tensors, *theirs.tensors, *base_tensors]))
     for name in names:
         b, o, t = base_tensors.get(name), ours.tensors.get(name), theirs.tensors.get(name)
-        if _key(o) == _key(t):
+        if _same(o, t):
             taken = o
-        elif _key(o) == _key(b):
+        elif _same(o, b):
             taken = t
-        elif _key(t) == _key(b):
+        elif _same(t, b):
             taken = o
         else:
             reason = _why_not_resolvable(b, o, t)
@@ -113,13 +114,13 @@ def _content(fmt: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in fmt.items() if key != LAYOUT}
 
 
-def _effective(manifest: Manifest | None, name: str) -> tuple[str | None, Any]:
-    """How ``name`` is held in ``manifest`` (tied to which tensor, or None) and its values'
-    key (through the tie)."""
+def _effective(manifest: Manifest | None, name: str) -> tuple[str | None, TensorRecord | None]:
+    """How ``name`` is held in ``manifest`` (tied to which tensor, or None) and the record
+    of its values (through the tie)."""
     if manifest is None:
         return None, None
     target = manifest.aliases.get(name)
-    return target, _key(manifest.tensors.get(target if target is not None else name))
+    return target, manifest.tensors.get(target if target is not None else name)
 
 
 def _tie_conflicts(base: Manifest | None, ours: Manifest, theirs: Manifest) -> list[str]:
@@ -130,7 +131,7 @@ def _tie_conflicts(base: Manifest | None, ours: Manifest, theirs: Manifest) -> l
     found = []
     for name in sorted(tied):
         (tie_o, val_o), (tie_t, val_t) = _effective(ours, name), _effective(theirs, name)
-        if tie_o != tie_t and val_o != val_t:
+        if tie_o != tie_t and not _same(val_o, val_t):
             found.append(
                 f"tensor `{name}`: tied to another tensor on one side and not on the other "
                 "(or tied differently), and its values differ"

@@ -701,7 +701,7 @@ def test_add_stages_the_manifest(tracked: Repo, checkpoint: bytes) -> None:
     assert text(run("git", "theta", "add", "model.pt", cwd=repo.path)) == (0, "", "")
     blob = repo.blob(":model.pt")
     assert blob.startswith(b"{")
-    assert json.loads(blob)["git_theta"] == 2
+    assert json.loads(blob)["git_theta"] == 3
     assert repo.status() == "A  model.pt\n"
 
 
@@ -870,7 +870,7 @@ def test_one_shot_filters_through_git(tracked: Repo, checkpoint: bytes) -> None:
     (repo.path / "model.pt").write_bytes(checkpoint)
     assert text(run("git", "add", "model.pt", cwd=repo.path)) == (0, "", "")
     manifest = json.loads(repo.blob(":model.pt"))
-    assert (manifest["git_theta"], sorted(manifest["tensors"])) == (2, ["b", "w"])
+    assert (manifest["git_theta"], sorted(manifest["tensors"])) == (3, ["b", "w"])
     repo.git("commit", "-q", "-m", "one-shot")
     (repo.path / "model.pt").unlink()
     assert text(run("git", "checkout", "--", "model.pt", cwd=repo.path)) == (0, "", "")

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers import Repo
@@ -25,8 +26,9 @@ def _expected(fixture: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_schema1_blosc_objects_still_check_out_bit_exact(repo: Repo) -> None:
-    fixture = FIXTURES / "schema1-blosc"
+@pytest.mark.parametrize("name", ["schema1-blosc", "schema2-zstd"])
+def test_objects_of_earlier_versions_still_check_out_bit_exact(repo: Repo, name: str) -> None:
+    fixture = FIXTURES / name
     store = repo.path / ".git" / "lfs" / "theta" / "objects"
     for obj in (fixture / "objects").iterdir():
         dest = store / obj.name[:2] / obj.name[2:4] / obj.name

@@ -280,8 +280,9 @@ def test_manifest_is_deterministic_readable_json(repo: Repo) -> None:
     assert shown.startswith("{")
     assert shown.endswith("}\n") and not shown.endswith("\n\n")
     value = json.loads(shown)
-    assert value["git_theta"] == 2
+    assert value["git_theta"] == 3
     assert value["format"]["name"] == "pytorch"
+    assert all(len(r["blake3"]) == 64 != len(set(r["blake3"])) for r in value["tensors"].values())
     expected = distinct_tensors(ckpt)
     assert {n: (r["dtype"], r["shape"]) for n, r in value["tensors"].items()} == {
         f"{n}": (str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in expected.items()

@@ -286,3 +286,61 @@ def test_missing_object_fails_checkout(repo: Repo) -> None:
     repo.git("checkout", "--", "model.pt")
     assert_same_object(state, torch.load(repo.path / "model.pt", weights_only=True))
     assert repo.status() == ""
+
+
+def _commit_forged(repo: Repo, change: Callable[[dict[str, Any]], None]) -> None:
+    """Commit HEAD's manifest of model.pt as ``change`` edits it (its JSON value)."""
+    value = json.loads(repo.blob("HEAD:model.pt"))
+    change(value)
+    blob = subprocess.run(
+        ["git", "hash-object", "-w", "--stdin"],
+        cwd=repo.path,
+        input=json.dumps(value).encode(),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    repo.git("update-index", "--cacheinfo", f"100644,{blob.strip()},model.pt")
+    repo.git("commit", "-qm", "forged")
+
+
+def test_checkout_verifies_each_tensor_by_its_blake3(repo: Repo) -> None:
+    """A record whose BLAKE3 is not its tensor's (here: another tensor's) never checks out,
+    though its identity hash and objects are right."""
+    commit_good(repo)
+    oid = _tensor_object(repo, "layers.1.weight")
+
+    def swap(value: dict[str, Any]) -> None:
+        tensors = value["tensors"]
+        tensors["layers.1.weight"]["blake3"] = tensors["layers.0.weight"]["blake3"]
+
+    _commit_forged(repo, swap)
+    assert _checkout_fails(repo) == (
+        f"{PREFIX}tensor `layers.1.weight`: rebuilt from object {oid[:12]}…, it does not match "
+        "its recorded hash, though the objects are sound: the manifest is damaged (check it out "
+        "again from a good commit)"
+    )
+
+
+def test_a_record_whose_identity_hash_disagrees_with_its_blake3_is_found_by_fsck(
+    repo: Repo,
+) -> None:
+    """Checkout verifies the BLAKE3, so such a record checks out what its BLAKE3 names; fsck
+    checks both hashes and reports it, and it never passes for the tensor its identity
+    hash names in a diff."""
+    state = commit_good(repo)
+
+    def relabel(value: dict[str, Any]) -> None:
+        tensors = value["tensors"]
+        tensors["layers.1.weight"]["hash"] = tensors["layers.0.weight"]["hash"]
+
+    _commit_forged(repo, relabel)
+    (repo.path / "model.pt").unlink()
+    repo.git("checkout", "--", "model.pt")
+    assert_same_object(state, torch.load(repo.path / "model.pt", weights_only=True))
+    fsck = repo.theta("fsck", check=False)
+    head = repo.git("rev-parse", "HEAD").stdout.strip()[:10]
+    assert fsck.returncode == 1
+    assert fsck.stdout.splitlines()[0] == (
+        f"model.pt in {head}: tensor `layers.1.weight`: decodes to data that does not match "
+        "its recorded hash"
+    )

@@ -12,7 +12,7 @@ from git_theta.errors import ManifestError
 from git_theta.manifest import Dense, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectRef
 
-A, B, C, D = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+A, B, C, D, E = ("a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64)
 DAMAGED = "the file is damaged (check it out again from a good commit)"
 
 
@@ -30,7 +30,9 @@ def example() -> Manifest:
             },
         },
         tensors={
-            "wte.weight": TensorRecord("float32", (2, 3), C, Dense(ObjectRef(A, 120))),
+            "wte.weight": TensorRecord(
+                "float32", (2, 3), C, Dense(ObjectRef(A, 120)), crc32=7, blake3=E
+            ),
             "ln_é.bias": TensorRecord("bfloat16", (3,), D, Dense(ObjectRef(B, 41))),
         },
         aliases={"lm_head.weight": "wte.weight"},
@@ -52,7 +54,7 @@ EXPECTED = """\
       ]
     }
   },
-  "git_theta": 2,
+  "git_theta": 3,
   "tensors": {
     "ln_é.bias": {
       "dtype": "bfloat16",
@@ -66,6 +68,8 @@ EXPECTED = """\
       }
     },
     "wte.weight": {
+      "blake3": "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+      "crc32": 7,
       "dtype": "float32",
       "hash": "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
       "shape": [2, 3],
@@ -94,7 +98,7 @@ def test_small_manifest_is_one_line_with_sorted_keys() -> None:
     m = Manifest(format={"name": "safetensors", "header": "{}"})
     assert m.to_bytes() == (
         b'{"aliases": {}, "format": {"header": "{}", "name": "safetensors"}, '
-        b'"git_theta": 2, "tensors": {}}\n'
+        b'"git_theta": 3, "tensors": {}}\n'
     )
 
 
@@ -102,12 +106,12 @@ def _one_line_manifest(name: str) -> Manifest:
     return Manifest(format={"name": name})
 
 
-# `{"aliases": {}, "format": {"name": ""}, "git_theta": 2, "tensors": {}}` is 70 columns.
+# `{"aliases": {}, "format": {"name": ""}, "git_theta": 3, "tensors": {}}` is 70 columns.
 @pytest.mark.parametrize("fill", ["x", "é"])
 def test_whole_manifest_of_exactly_100_columns_stays_on_one_line(fill: str) -> None:
     name = fill * 30
     data = _one_line_manifest(name).to_bytes()
-    text = '{"aliases": {}, "format": {"name": "' + name + '"}, "git_theta": 2, "tensors": {}}\n'
+    text = '{"aliases": {}, "format": {"name": "' + name + '"}, "git_theta": 3, "tensors": {}}\n'
     assert len(text) == 101  # 100 columns plus the newline; columns are characters
     assert data == text.encode("utf-8")
 
@@ -120,7 +124,7 @@ def test_whole_manifest_of_101_columns_is_split() -> None:
             "{\n"
             '  "aliases": {},\n'
             '  "format": {"name": "' + name + '"},\n'
-            '  "git_theta": 2,\n'
+            '  "git_theta": 3,\n'
             '  "tensors": {}\n'
             "}\n"
         ).encode()
@@ -138,7 +142,7 @@ def test_member_line_width_counts_its_key(width: int, one_line: bool) -> None:
         '  "aliases": {},\n'
         '  "format": {\n'
         '    "name": "n",\n' + member + "  },\n"
-        '  "git_theta": 2,\n'
+        '  "git_theta": 3,\n'
         '  "tensors": {}\n'
         "}\n"
     )
@@ -189,12 +193,12 @@ def test_to_bytes_does_not_depend_on_insertion_order() -> None:
 
 def test_unknown_schema_version_says_to_upgrade() -> None:
     value = json.loads(example().to_bytes())
-    value["git_theta"] = 3
+    value["git_theta"] = 4
     with pytest.raises(ManifestError) as info:
         Manifest.from_bytes(json.dumps(value).encode())
     assert str(info.value) == (
-        "manifest schema version 3 is not one this git-theta knows (it reads versions 1 and "
-        "2): upgrade git-theta"
+        "manifest schema version 4 is not one this git-theta knows (it reads versions 1 to "
+        "3): upgrade git-theta"
     )
 
 
@@ -213,6 +217,26 @@ def test_a_record_carries_its_crc32_when_known() -> None:
     for bad in (-1, 1 << 32, "12", True):
         with pytest.raises(ManifestError, match="invalid hash or object id"):
             TensorRecord.from_json("t", {**record.to_json(), "crc32": bad})
+
+
+def test_a_record_carries_its_blake3_when_known() -> None:
+    record = TensorRecord("float32", (2,), C, Dense(ObjectRef(A, 10)), blake3=E)
+    assert record.to_json()["blake3"] == E
+    assert TensorRecord.from_json("t", record.to_json()) == record
+    assert "blake3" not in TensorRecord("float32", (2,), C, Dense(ObjectRef(A, 10))).to_json()
+    for bad in ("E" * 64, "e" * 63, 12, True):
+        with pytest.raises(ManifestError, match="invalid hash or object id"):
+            TensorRecord.from_json("t", {**record.to_json(), "blake3": bad})
+
+
+def test_same_tensor_compares_blake3_only_where_both_records_have_one() -> None:
+    plain = TensorRecord("float32", (2,), C, Dense(ObjectRef(A, 10)))
+    checked = TensorRecord("float32", (2,), C, Dense(ObjectRef(B, 11)), blake3=E)
+    other = TensorRecord("float32", (2,), C, Dense(ObjectRef(B, 11)), blake3=D)
+    assert plain.same_tensor(checked) and checked.same_tensor(plain)
+    assert not checked.same_tensor(other)  # one identity, two contents: not the same
+    assert not plain.same_tensor(TensorRecord("float32", (1, 2), C, plain.storage))
+    assert not plain.same_tensor(TensorRecord("float32", (2,), D, plain.storage))
 
 
 def _entry(**changes: Any) -> dict[str, Any]:
@@ -411,7 +435,7 @@ def test_parse_if_manifest_returns_none_for_safetensors_starting_with_brace() ->
 def test_parse_if_manifest_parses_manifests_and_reports_bad_ones() -> None:
     assert parse_if_manifest(EXPECTED) == example()
     with pytest.raises(ManifestError, match="upgrade git-theta"):
-        parse_if_manifest(b'{"git_theta": 3}')
+        parse_if_manifest(b'{"git_theta": 4}')
 
 
 def test_dense_record_names_exactly_one_object() -> None:

@@ -682,7 +682,9 @@ class PyTorchFormat:
             if start + info.file_size > size:
                 raise ValueError("the file is truncated")
             load = partial(read_words, shared, start, info.file_size, stored.dtype.itemsize)
-            tensors[name] = TensorData(stored.dtype.name, stored.shape, load)
+            # the tensor is the whole member: its CRC-32 is the one the archive records (as
+            # torch wrote it; the file is rebuilt with it)
+            tensors[name] = TensorData(stored.dtype.name, stored.shape, load, info.CRC)
         fmt: dict[str, Any] = {"name": self.name, "root": parsed.tree}
         layout = _Layout(f, size, archive, prefix, data_pkl, parsed, display_name).record()
         if layout is not None:

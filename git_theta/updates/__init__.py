@@ -32,7 +32,7 @@ from git_theta.manifest import (
     depth,
 )
 from git_theta.store import ObjectRef, ObjectStore
-from git_theta.tensors import crc32, identity_hash, numel, word_dtype
+from git_theta.tensors import content_hash, crc32, identity_hash, numel, word_dtype
 from git_theta.tensors import dtype as get_dtype
 from git_theta.updates import rebuild
 
@@ -105,10 +105,12 @@ def store_tensor(
     config: Config,
     digest: str | None = None,
     base: TensorRecord | None = None,
+    check: str | None = None,
+    crc: int | None = None,
 ) -> TensorRecord:
     """Encode and store a changed tensor's canonical ``words``; returns its record. The
-    identity hash (unless ``digest`` already is it) and the CRC-32 are computed while
-    tensorstore's threads compress.
+    identity hash (unless ``digest`` already is it), its BLAKE3 (unless ``check`` is) and
+    its CRC-32 (unless ``crc`` is) are computed while tensorstore's threads compress.
 
     ``base``: the record of the tensor's previous version, which delta encodings may apply
     to (see ``theta.updateType``); it is used only when it has the same dtype and shape, its
@@ -121,13 +123,16 @@ def store_tensor(
         candidates = _deltas(words, base_words, dtype_name, config)
     if digest is None:
         digest = identity_hash(dtype_name, shape, words)
-    crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
+    if check is None:
+        check = content_hash(dtype_name, shape, words)
+    if crc is None:
+        crc = crc32(words)  # for zip-based writers at checkout (zlib releases the GIL)
     if base_words is None:
         storage = finish(encoding, store, config)
     else:
         assert base is not None
         storage = _smallest(candidates, words, dtype_name, base, store, config)
-    return TensorRecord(dtype_name, shape, digest, storage, crc)
+    return TensorRecord(dtype_name, shape, digest, storage, crc, check)
 
 
 def _deltas(
@@ -226,9 +231,17 @@ def _base_words(
         words = decode(base, store)
     except ThetaError:
         return None
-    if identity_hash(base.dtype, base.shape, words) != base.hash:
+    if not matches(base, words):
         return None
     return words
+
+
+def matches(record: TensorRecord, words: np.ndarray) -> bool:
+    """Whether ``words`` are the tensor ``record`` describes, by its BLAKE3 (schema 3) or,
+    in a record without one, by its identity hash."""
+    if record.blake3 is not None:
+        return content_hash(record.dtype, record.shape, words) == record.blake3
+    return identity_hash(record.dtype, record.shape, words) == record.hash
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:

@@ -38,7 +38,7 @@ from git_theta.errors import ThetaError, UsageError
 from git_theta.manifest import Ia3, LowRank, TensorRecord, depth
 from git_theta.methods import float_type
 from git_theta.store import ObjectRef, ObjectStore
-from git_theta.tensors import crc32, identity_hash, numel, word_dtype
+from git_theta.tensors import content_hash, crc32, identity_hash, numel, word_dtype
 from git_theta.updates import (
     rebuild,
     sparse_index_dtype,
@@ -312,7 +312,8 @@ def build(
             int(wrong.size),
             scale_shape=tuple(own[0].shape),
         )
-    return TensorRecord(dtype_name, tuple(shape), digest, storage, crc32(new))
+    check = content_hash(dtype_name, shape, new)
+    return TensorRecord(dtype_name, tuple(shape), digest, storage, crc32(new), check)
 
 
 def _sparse(
