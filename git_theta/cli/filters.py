@@ -17,7 +17,7 @@ from git_theta.cli.output import report
 
 
 def _one_shot(command: str, path: str) -> None:
-    serve.single_threaded_blas()
+    serve.filter_environment()
     from git_theta.driver import FilterDriver
     from git_theta.repo import Repo
 
