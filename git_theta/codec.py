@@ -32,9 +32,12 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import CorruptObjectError
 from git_theta.zipstream import ZipStream
@@ -266,7 +269,7 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
             f"object holds {array.dtype.name}[{', '.join(map(str, array.shape))}], "
             f"expected {word.name}[{words}]"
         )
-    _check_budget(word, words)
+    _check_budget(words * word.itemsize)
     rows = [int(n or 0) for n in array.chunk_layout.read_chunk.shape or (0,)][0]
     if rows > max(words, 1):  # decoded whole, whatever the tensor's size
         raise CorruptObjectError(
@@ -277,14 +280,14 @@ def _open(blob: bytes | memoryview | Path, word: np.dtype, words: int) -> Any:
     return array
 
 
-def _check_budget(word: np.dtype, words: int) -> None:
+def _check_budget(nbytes: int) -> None:
     """Refuses an object claiming more data than this process may hold (tensorstore would
     abort the process allocating it)."""
     budget = memory_budget()
-    if words * word.itemsize > budget:
+    if nbytes > budget:
         raise CorruptObjectError(
-            f"object claims {words * word.itemsize} bytes of data, more than this process may "
-            f"hold ({budget} bytes): it is damaged or hostile"
+            f"object claims {nbytes} bytes of data, more than this process may hold "
+            f"({budget} bytes): it is damaged or hostile"
         )
 
 
@@ -294,42 +297,53 @@ def _check_budget(word: np.dtype, words: int) -> None:
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra length
 _MAX_METADATA = 1 << 16  # bytes of zarr.json: git-theta's are about 400
 _BLOSC_HEADER = struct.Struct("<4xIII")  # ... uncompressed, block and compressed bytes
-_blosc_ready = threading.Lock()
-_blosc_set = False
 
 
 def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
-    """The words of a stored object in the words layout, decoded by c-blosc from its file;
-    None when it is in another layout or not exactly as git-theta writes one (a member
-    missing, compressed or out of place, a chunk whose header disagrees), for tensorstore to
-    decode or report. Opening an array through tensorstore's zip store costs about 0.4 ms,
-    more than decoding most tensors; this costs a few tens of microseconds and a read."""
+    """``decode_direct`` as an array of ``word``."""
+    data = decode_direct(path, word.name, word.itemsize, words)
+    return None if data is None else np.frombuffer(data, word)
+
+
+def decode_direct(path: Path, word_name: str, itemsize: int, words: int) -> bytearray | None:
+    """The bytes of a stored object in the words layout (``words`` words of ``itemsize``
+    bytes, ``word_name`` as zarr names them), decoded by c-blosc from its file into a new
+    buffer, without numpy; None when it is in another layout or not exactly as git-theta
+    writes one (a member missing, compressed or out of place, a chunk whose header
+    disagrees), for ``decode`` to decode through tensorstore or report. Opening an array
+    through tensorstore's zip store costs about 0.4 ms, more than decoding most tensors;
+    this costs a few tens of microseconds and a read."""
     if sys.byteorder != "little":
         return None
     try:
         with open(path, "rb") as f:
             archive = _Archive(f)
             meta = archive.member("zarr.json")
-            rows = _words_layout(None if meta is None else bytes(meta), word, words)
+            rows = _words_layout(None if meta is None else bytes(meta), word_name, itemsize, words)
             if rows is None:
                 return None
-            _check_budget(word, words)
-            out = np.empty(words, word)
-            scratch = None
-            for index, start in enumerate(range(0, words, rows)):
+            _check_budget(words * itemsize)
+            chunk = rows * itemsize
+            count = -(-words // rows)
+            if not all(archive.stored(f"c/{index}", _BLOSC_HEADER.size) for index in range(count)):
+                return None  # a chunk is missing: found before memory is taken for the data
+            out = bytearray(words * itemsize)
+            view = memoryview(out)
+            for index, start in enumerate(range(0, len(out), chunk)):
                 data = archive.member(f"c/{index}")
                 if data is None or len(data) < _BLOSC_HEADER.size:
                     return None
                 nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(data)
-                if nbytes != rows * word.itemsize or cbytes != len(data):
+                if nbytes != chunk or cbytes != len(data):
                     return None  # c-blosc writes what the header claims: checked first
-                target = out[start : start + rows]
-                if len(target) < rows:  # the last chunk is padded to the chunk's length
-                    scratch = np.empty(rows, word)
-                if not _unblosc(data, target if scratch is None else scratch):
-                    return None
-            if scratch is not None:
-                out[start:] = scratch[: words - start]
+                if start + chunk <= len(out):
+                    if not _unblosc(data, view[start : start + chunk]):
+                        return None
+                else:  # the last chunk is padded to the chunk's length
+                    scratch = bytearray(chunk)
+                    if not _unblosc(data, memoryview(scratch)):
+                        return None
+                    view[start:] = memoryview(scratch)[: len(out) - start]
             return out
     except (OSError, ValueError, EOFError, OverflowError, struct.error, zipfile.BadZipFile):
         return None
@@ -411,6 +425,17 @@ class _Archive:
                 for i in archive.infolist()
             }
 
+    def stored(self, name: str, at_least: int) -> bool:
+        """Whether the directory lists member ``name`` stored plainly, of ``at_least`` bytes
+        (nothing is read)."""
+        entry = self.entries.get(name)
+        return (
+            entry is not None
+            and entry[1] == zipfile.ZIP_STORED
+            and entry[2] == entry[3]
+            and entry[3] >= at_least
+        )
+
     def member(self, name: str) -> bytes | memoryview | None:
         """The bytes of one member stored plainly (uncompressed), or None."""
         entry = self.entries.get(name)
@@ -432,23 +457,24 @@ _SENTINEL = 0xFFFFFFFF  # a size or offset held in a ZIP64 record instead
 _layouts: dict[tuple[bytes, str, int], int | None] = {}
 
 
-def _words_layout(meta: bytes | None, word: np.dtype, words: int) -> int | None:
+def _words_layout(meta: bytes | None, word_name: str, itemsize: int, words: int) -> int | None:
     """Words per chunk when ``meta`` (a zarr.json) describes the words layout of ``words``
-    words of type ``word`` with blosc chunks under default keys, else None. (Objects of
-    tensors of one shape and dtype share their zarr.json: each is checked once.)"""
+    words of type ``word_name`` (``itemsize`` bytes) with blosc chunks under default keys,
+    else None. (Objects of tensors of one shape and dtype share their zarr.json: each is
+    checked once.)"""
     if meta is None or len(meta) > _MAX_METADATA:
         return None
-    key = (meta, word.name, words)
+    key = (meta, word_name, words)
     if key in _layouts:
         return _layouts.get(key)  # (another thread may have just cleared it: None, safe)
-    rows = _check_layout(meta, word, words)
+    rows = _check_layout(meta, word_name, itemsize, words)
     if len(_layouts) >= 4096:
         _layouts.clear()
     _layouts[key] = rows
     return rows
 
 
-def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
+def _check_layout(meta: bytes, word_name: str, itemsize: int, words: int) -> int | None:
     try:
         m = json.loads(meta)
     except (ValueError, RecursionError):
@@ -466,7 +492,7 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
         "zarr_format": 3,
         "node_type": "array",
         "shape": [words],
-        "data_type": word.name,
+        "data_type": word_name,
         "fill_value": 0,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [rows]}},
         "chunk_key_encoding": m.get("chunk_key_encoding"),
@@ -482,7 +508,7 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
         not in ({"name": "default"}, {"name": "default", "configuration": {"separator": "/"}})
         or not isinstance(codecs, list)
         or len(codecs) != 2
-        or codecs[0] not in (little, *([{"name": "bytes"}] if word.itemsize == 1 else []))
+        or codecs[0] not in (little, *([{"name": "bytes"}] if itemsize == 1 else []))
         or not isinstance(codecs[1], dict)
         or codecs[1].get("name") != "blosc"
     ):
@@ -490,19 +516,49 @@ def _check_layout(meta: bytes, word: np.dtype, words: int) -> int | None:
     return rows
 
 
-def _unblosc(data: bytes | memoryview, out: np.ndarray) -> bool:
-    """Decompresses one blosc chunk, whose header was checked to hold exactly ``out``'s
-    bytes, into ``out``; False when c-blosc refuses it."""
-    import blosc
+_blosc_ready = threading.Lock()
+_blosc_module: Any = None
 
-    global _blosc_set
-    if not _blosc_set:
-        with _blosc_ready:
-            blosc.set_releasegil(True)  # chunks decode on several threads at once
-            blosc.set_nthreads(1)  # each on one: blosc would start threads per call
-            _blosc_set = True
+
+def _blosc() -> Any:
+    """c-blosc's extension module from python-blosc, made ready for decoding on several
+    threads at once: the GIL released during each call, and one thread per call (blosc
+    would start its own threads at every call). It is loaded without the package around
+    it, whose start-up imports numpy and unittest (for its self-test) and sets the threads
+    otherwise."""
+    global _blosc_module
+    with _blosc_ready:
+        if _blosc_module is None:
+            ext = sys.modules.get("blosc.blosc_extension")
+            if ext is None:
+                import importlib.machinery
+                import importlib.util
+
+                package = importlib.util.find_spec("blosc")
+                found = package and importlib.machinery.PathFinder.find_spec(
+                    "blosc.blosc_extension", package.submodule_search_locations
+                )
+                if not found or found.loader is None:
+                    raise ImportError("python-blosc is not installed: pip install blosc")
+                ext = importlib.util.module_from_spec(found)
+                found.loader.exec_module(ext)
+                sys.modules["blosc.blosc_extension"] = ext  # the package finds it there
+                ext.init()
+            ext.set_releasegil(True)
+            ext.set_nthreads(1)
+            _blosc_module = ext
+    return _blosc_module
+
+
+def _unblosc(data: bytes | memoryview, out: memoryview) -> bool:
+    """Decompresses one blosc chunk, whose header was checked to hold exactly ``out``'s
+    bytes, into ``out`` (a writable byte buffer); False when c-blosc refuses it."""
+    import ctypes
+
+    blosc = _blosc_module or _blosc()
+    first = ctypes.c_char.from_buffer(out)  # holds ``out``'s buffer while c-blosc writes it
     try:
-        return bool(blosc.decompress_ptr(data, out.ctypes.data) == out.nbytes)
+        return bool(blosc.decompress_ptr(data, ctypes.addressof(first)) == len(out))
     except Exception:  # python-blosc's own error class derives from Exception only
         return False
 

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta import formats, updates
 from git_theta.codec import memory_budget
@@ -37,7 +40,7 @@ from git_theta.formats import TensorData
 from git_theta.formats.whole import TEXT_MAX_BYTES, is_small_text
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, TensorRecord, parse_if_manifest
 from git_theta.store import ObjectStore
-from git_theta.tensors import content_hash, identity_hash
+from git_theta.tensors import as_words, content_hash, identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
 
@@ -81,7 +84,7 @@ def _store_tensor(
                 f"update gives {given.dtype}{list(given.shape)}"
             )
         return given
-    words = tensor.load()
+    words = as_words(tensor.load(), tensor.dtype)
     digest = check = None
     if (tensor.dtype, tuple(tensor.shape)) in reuse.kinds:
         # likely unchanged: hash first, and encode only if it did change. A record with a
@@ -212,6 +215,22 @@ def missing_objects(manifest: Manifest, store: ObjectStore) -> dict[str, list[st
 
 
 def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarray:
+    """The tensor's canonical words, rebuilt from its objects and verified."""
+    return cast("np.ndarray", _load(name, record, store, updates.decode))
+
+
+def load_bytes(name: str, record: TensorRecord, store: ObjectStore) -> bytearray | np.ndarray:
+    """The tensor's canonical bytes for a writer, verified (``updates.decode_bytes``: no
+    numpy for a dense tensor)."""
+    return _load(name, record, store, updates.decode_bytes)
+
+
+def _load(
+    name: str,
+    record: TensorRecord,
+    store: ObjectStore,
+    decode: Callable[[TensorRecord, ObjectStore], bytearray | np.ndarray],
+) -> bytearray | np.ndarray:
     for obj in record.objects:  # each object's bytes against its oid, as it is read
         if not store.is_sound(obj):
             try:
@@ -224,7 +243,7 @@ def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarr
                 "`git theta fsck --fetch` to download a good copy"
             )
     try:
-        words = updates.decode(record, store)
+        words = decode(record, store)
         if updates.matches(record, words):
             return words
         oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
@@ -265,8 +284,11 @@ def smudge(
         raise ObjectMissingError(missing)
     threads = max(1, config.threads)
     fmt = formats.get(manifest.format["name"])
+    load = load_bytes if getattr(fmt, "writes_buffers", False) else load_tensor
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        loader = _AheadLoader(manifest, store, pool, window=max(2, threads + 1), progress=progress)
+        loader = _AheadLoader(
+            manifest, store, pool, load, window=max(2, threads + 1), progress=progress
+        )
         tensors = {
             name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
             for name, rec in manifest.tensors.items()
@@ -294,9 +316,11 @@ class _AheadLoader:
         manifest: Manifest,
         store: ObjectStore,
         pool: ThreadPoolExecutor,
+        load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray],
         window: int,
         progress: Progress | None = None,
     ) -> None:
+        self.load_one = load
         self.progress = progress
         self.total_bytes = sum(r.nbytes for r in manifest.tensors.values())
         self.done_bytes = 0
@@ -306,27 +330,29 @@ class _AheadLoader:
         self.window = window
         self.order: list[str] = []
         self._next = 0
-        self._pending: dict[str, Future[np.ndarray]] = {}
+        self._pending: dict[str, Future[bytearray | np.ndarray]] = {}
+        self._ahead = 0  # bytes of the tensors pending
         self._done: set[str] = set()
 
     def _submit_ahead(self) -> None:
         while self._next < len(self.order) and len(self._pending) < AHEAD_MOST:
             name = self.order[self._next]
             record = self.manifest.tensors[name]
-            ahead = sum(self.manifest.tensors[n].nbytes for n in self._pending)
-            if len(self._pending) >= self.window and ahead + record.nbytes > AHEAD_BYTES:
+            if len(self._pending) >= self.window and self._ahead + record.nbytes > AHEAD_BYTES:
                 return
             self._next += 1
             if name not in self._pending and name not in self._done:
-                self._pending[name] = self.pool.submit(load_tensor, name, record, self.store)
+                self._pending[name] = self.pool.submit(self.load_one, name, record, self.store)
+                self._ahead += record.nbytes
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str) -> bytearray | np.ndarray:
         self._submit_ahead()
         self._done.add(name)
         future = self._pending.pop(name, None)
         if future is None:  # asked out of the declared order: load it now
-            result = load_tensor(name, self.manifest.tensors[name], self.store)
+            result = self.load_one(name, self.manifest.tensors[name], self.store)
         else:
+            self._ahead -= self.manifest.tensors[name].nbytes
             result = future.result()
             self._submit_ahead()
         if self.progress is not None:

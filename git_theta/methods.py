@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import UsageError
 

@@ -12,9 +12,14 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import UnsupportedError
 
@@ -86,7 +91,27 @@ def word_dtype(itemsize: int) -> np.dtype:
 
     16-byte elements (complex128) are carried as pairs of 8-byte words.
     """
-    return np.dtype(f"<u{min(itemsize, 8)}")
+    return np.dtype(f"<u{word_size(itemsize)}")
+
+
+def word_size(itemsize: int) -> int:
+    """Bytes of the word carrying elements of ``itemsize`` bytes (``word_dtype``'s)."""
+    return min(itemsize, 8)
+
+
+def byte_view(data: np.ndarray | bytes | bytearray | memoryview) -> memoryview:
+    """A tensor's canonical bytes as one flat byte view, from a contiguous array of words or
+    from a plain buffer (what checkout decodes without numpy)."""
+    # numpy's stubs declare the buffer protocol only for Python 3.12 on
+    return memoryview(data).cast("B")  # type: ignore[arg-type]
+
+
+def as_words(data: np.ndarray | bytearray, dtype_name: str) -> np.ndarray:
+    """A tensor's canonical bytes as the array of words ``word_dtype`` gives (``data``
+    itself when it is one already)."""
+    if isinstance(data, np.ndarray):
+        return data
+    return np.frombuffer(data, word_dtype(dtype(dtype_name).itemsize))
 
 
 def numel(shape: tuple[int, ...] | list[int]) -> int:
@@ -100,12 +125,14 @@ def nbytes(dtype_name: str, shape: tuple[int, ...] | list[int]) -> int:
 
 
 def _framed(
-    dtype_name: str, shape: tuple[int, ...] | list[int], data: np.ndarray | bytes | memoryview
+    dtype_name: str,
+    shape: tuple[int, ...] | list[int],
+    data: np.ndarray | bytes | bytearray | memoryview,
 ) -> tuple[bytes, memoryview]:
     """What a tensor's hashes cover: a header naming its dtype and shape, then its canonical
     bytes (checked to be as many as they must be)."""
     header = json.dumps({"dtype": dtype_name, "shape": list(shape)}, separators=(",", ":"))
-    view = (data.data if isinstance(data, np.ndarray) else memoryview(data)).cast("B")
+    view = byte_view(data)
     expected = nbytes(dtype_name, shape)
     if view.nbytes != expected:
         raise UnsupportedError(
@@ -116,7 +143,9 @@ def _framed(
 
 
 def identity_hash(
-    dtype_name: str, shape: tuple[int, ...] | list[int], data: np.ndarray | bytes | memoryview
+    dtype_name: str,
+    shape: tuple[int, ...] | list[int],
+    data: np.ndarray | bytes | bytearray | memoryview,
 ) -> str:
     """The identity of a tensor: sha256 over its dtype, shape and canonical bytes, in hex.
 
@@ -130,7 +159,9 @@ def identity_hash(
 
 
 def content_hash(
-    dtype_name: str, shape: tuple[int, ...] | list[int], data: np.ndarray | bytes | memoryview
+    dtype_name: str,
+    shape: tuple[int, ...] | list[int],
+    data: np.ndarray | bytes | bytearray | memoryview,
 ) -> str:
     """BLAKE3 over what the identity hash covers, in hex. Recorded at `git add` beside the
     identity (manifest schema 3), it is what checkout verifies each tensor by, and what

@@ -7,9 +7,12 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 # the fix a writer's ManifestError names: what a manifest holds was checked and is wrong
 DAMAGED_MANIFEST = (
@@ -55,11 +58,13 @@ class TensorData:
 
     ``load()`` returns the tensor's canonical bytes as a contiguous 1-D array of unsigned
     words (``tensors.word_dtype``); readers return views into the mapped file where they can.
+    A checkout hands the writer of a format that sets ``writes_buffers`` tensors that may
+    load as a plain ``bytearray`` of the same bytes instead (decoded without numpy).
     """
 
     dtype: str
     shape: tuple[int, ...]
-    load: Callable[[], np.ndarray]
+    load: Callable[[], bytearray | np.ndarray]
     crc32: int | None = None  # CRC-32 of the canonical bytes, when known without loading
 
 
@@ -73,7 +78,13 @@ class Checkpoint:
 
 
 class Format(Protocol):
-    """A checkpoint format. ``name`` is what manifests record in ``format.name``."""
+    """A checkpoint format. ``name`` is what manifests record in ``format.name``.
+
+    A format may also set ``writes_buffers = True`` when its ``write`` takes each tensor's
+    bytes through ``memoryview`` (``tensors.byte_view``) and never as a numpy array: a
+    checkout then decodes its tensors into plain buffers, without loading numpy. Without it
+    (a plugin's format), ``load()`` gives arrays of words.
+    """
 
     name: str
 

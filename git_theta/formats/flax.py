@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, UnsupportedError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
-from git_theta.tensors import DTYPES, MAX_DIMS, numel
+from git_theta.tensors import DTYPES, MAX_DIMS, byte_view, numel
 
 MAX_DEPTH = 100
 MAX_VALUES = 1_000_000
@@ -179,6 +179,7 @@ class FlaxFormat:
     """Reads and writes flax msgpack checkpoints."""
 
     name = "flax"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         """A msgpack map whose first bytes hold a flax array extension: ext 8/16/32 of type
@@ -239,7 +240,7 @@ class FlaxFormat:
         done = 0
         for name, at in places:
             out.write(skeleton[done:at])
-            out.write(tensors[name].load().data.cast("B"))
+            out.write(byte_view(tensors[name].load()))
             done = at
         out.write(skeleton[done:])
 

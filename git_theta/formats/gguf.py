@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, UnsupportedError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range, read_words
-from git_theta.tensors import DTYPES, MAX_DIMS
+from git_theta.tensors import DTYPES, MAX_DIMS, byte_view
 
 HEADER = "gguf:header"
 MAX_HEADER_BYTES = 1 << 30  # metadata and tensor infos larger than this are refused
@@ -201,6 +201,7 @@ class GgufFormat:
     """Reads and writes GGUF files."""
 
     name = "gguf"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         return head[:4] == b"GGUF"
@@ -252,7 +253,7 @@ class GgufFormat:
     ) -> None:
         _layout(fmt, tensors, aliases)
         header_bytes = tensors[HEADER].load()
-        header = _parse(header_bytes.data, fmt["size"], "the manifest's GGUF header")
+        header = _parse(byte_view(header_bytes), fmt["size"], "the manifest's GGUF header")
         recorded = [(name, kind) for name, kind in fmt["tensors"]]
         if [(i.name, i.ggml_type) for i in header.infos] != recorded or any(
             (tensors[i.name].dtype, tuple(tensors[i.name].shape)) != (i.dtype, i.shape)
@@ -261,11 +262,11 @@ class GgufFormat:
             raise ManifestError(f"gguf manifest's header and tensors disagree: {_DAMAGED}")
         if header.data_start != len(header_bytes):
             raise ManifestError(f"gguf manifest's header has the wrong length: {_DAMAGED}")
-        out.write(header_bytes.data)
+        out.write(byte_view(header_bytes))
         position = header.data_start
         for info in header.infos:
             _pad(out, header.data_start + info.offset - position)
-            out.write(tensors[info.name].load().data.cast("B"))
+            out.write(byte_view(tensors[info.name].load()))
             position = header.data_start + info.offset + info.nbytes
         _pad(out, fmt["size"] - position)
 

@@ -40,7 +40,7 @@ import numpy as np
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError, UnsupportedError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_range
-from git_theta.tensors import MAX_DIMS, numel, word_dtype
+from git_theta.tensors import MAX_DIMS, byte_view, numel, word_dtype
 from git_theta.zipstream import Comparison, PyMember, PyZipStream, member_data_offset
 
 MAGIC = b"\x93NUMPY"
@@ -140,12 +140,12 @@ def _words(array: _Array, data: np.ndarray) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).view(word)
 
 
-def _file_bytes(array: _Array, words: np.ndarray) -> memoryview:
+def _file_bytes(array: _Array, words: bytearray | np.ndarray) -> memoryview:
     """The array's bytes as the file holds them, from its stored words."""
     if array.swap:
         little = array.dtype.newbyteorder("<")
         return np.frombuffer(words, dtype=little).byteswap().data.cast("B")
-    return words.data.cast("B")
+    return byte_view(words)
 
 
 def _encoded(header: bytes) -> str:
@@ -182,6 +182,7 @@ class NumpyFormat:
     """Reads and writes ``.npy`` files and ``.npz`` archives."""
 
     name = "numpy"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         """An ``.npy`` file by its magic; a zip whose first member is named ``*.npy``."""

@@ -44,11 +44,14 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import (
     ManifestError,
@@ -63,6 +66,7 @@ from git_theta.tensors import (
     DTYPES,
     MAX_DIMS,
     DType,
+    byte_view,
     from_torch_storage,
     nbytes,
     numel,
@@ -600,6 +604,7 @@ class PyTorchFormat:
     """Reads and writes ``torch.save`` zip archives."""
 
     name = "pytorch"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         """A zip archive that names a ``<archive name>/data.pkl`` among its first members (a
@@ -717,7 +722,7 @@ class PyTorchFormat:
 
         def member(name: str) -> tuple[memoryview, int | None]:
             tensor = tensors[name]  # its CRC-32 recorded at `git add`, when the manifest has it
-            return tensor.load().data.cast("B"), tensor.crc32
+            return byte_view(tensor.load()), tensor.crc32
 
         plan = _exact_plan(fmt, tensors, aliases)
         if plan is not None:
@@ -909,6 +914,14 @@ def _check_memo(data: bytes, display_name: str) -> None:
             )
 
 
+@lru_cache(maxsize=4)
+def _recorded_parse(data_pkl: bytes) -> _Parsed:
+    """A manifest's recorded pickle read as at ``git add``. Kept for the next call: checkout
+    reads it twice (the write order, then the write), and it costs about 10 ms per
+    hundred tensors."""
+    return _parse(data_pkl, "the manifest's recorded pickle")
+
+
 def _parse(data: bytes, display_name: str) -> _Parsed:
     _check_memo(data, display_name)
     unpickler = _Unpickler(data, display_name)
@@ -975,7 +988,7 @@ def _exact_plan(
     if len(data_pkl) > MAX_PICKLE or not inflater.eof:
         raise fail(f"holds a pickle longer than {MAX_PICKLE} bytes or cut short")
     try:
-        parsed = _parse(data_pkl, "the manifest's recorded pickle")
+        parsed = _recorded_parse(data_pkl)
     except (ThetaError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise fail(f"holds a pickle git-theta cannot read ({exc})") from None
     except (AttributeError, IndexError, KeyError, OverflowError, struct.error) as exc:

@@ -12,15 +12,18 @@ import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
 from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
+from git_theta.tensors import byte_view, from_safetensors, nbytes
 from git_theta.tensors import dtype as get_dtype
-from git_theta.tensors import from_safetensors, nbytes
 
 _MAX_HEADER = 100 << 20
 
@@ -103,6 +106,7 @@ class SafetensorsFormat:
     """Reads and writes safetensors files."""
 
     name = "safetensors"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         if len(head) < 10:
@@ -171,4 +175,4 @@ class SafetensorsFormat:
             record = tensors[name]
             if (record.dtype, record.shape) != (dt, shape):
                 raise ManifestError(f"safetensors header and manifest disagree on `{name}`")
-            out.write(record.load().data.cast("B"))
+            out.write(byte_view(record.load()))

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from git_theta.errors import ManifestError
 from git_theta.formats.base import DAMAGED_MANIFEST, Checkpoint, SharedFile, TensorData, read_range
+from git_theta.tensors import byte_view
 
 # bytes written at a time (memory holds one piece of the file beyond its tensor)
 _PIECE = 16 << 20
@@ -35,6 +36,7 @@ def is_small_text(data: bytes) -> bool:
 
 class WholeFile:
     name = "file"
+    writes_buffers = True  # its writer reads each tensor through memoryview
 
     def sniff(self, head: bytes, size: int) -> bool:
         return False  # never detected: the fallback for what no format claims
@@ -68,6 +70,6 @@ class WholeFile:
         ):
             raise ManifestError(f"a whole file is one uint8 tensor `data`: {DAMAGED_MANIFEST}")
         words = data.load()
-        view = memoryview(words.data).cast("B")
+        view = byte_view(words)
         for start in range(0, len(view), _PIECE):
             out.write(view[start : start + _PIECE])

@@ -14,7 +14,12 @@ carries the base's chain (``manifest.Delta``), at most ``theta.maxChainDepth`` u
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta import codec
 from git_theta.config import Config
@@ -32,7 +37,14 @@ from git_theta.manifest import (
     depth,
 )
 from git_theta.store import ObjectRef, ObjectStore
-from git_theta.tensors import content_hash, crc32, identity_hash, numel, word_dtype
+from git_theta.tensors import (
+    content_hash,
+    crc32,
+    identity_hash,
+    numel,
+    word_dtype,
+    word_size,
+)
 from git_theta.tensors import dtype as get_dtype
 from git_theta.updates import rebuild
 
@@ -236,12 +248,30 @@ def _base_words(
     return words
 
 
-def matches(record: TensorRecord, words: np.ndarray) -> bool:
+def matches(record: TensorRecord, words: bytearray | np.ndarray) -> bool:
     """Whether ``words`` are the tensor ``record`` describes, by its BLAKE3 (schema 3) or,
     in a record without one, by its identity hash."""
     if record.blake3 is not None:
         return content_hash(record.dtype, record.shape, words) == record.blake3
     return identity_hash(record.dtype, record.shape, words) == record.hash
+
+
+def decode_bytes(record: TensorRecord, store: ObjectStore) -> bytearray | np.ndarray:
+    """The tensor's canonical bytes, for a writer: a dense object in the words layout is
+    decoded straight into a buffer (the common case, which loads no numpy), an empty tensor
+    is no bytes, any other tensor is as ``decode`` rebuilds it. Raises as ``decode`` does."""
+    steps, storage = chain(record.storage)
+    if not steps and isinstance(storage, Dense):
+        itemsize = get_dtype(record.dtype).itemsize
+        size = word_size(itemsize)
+        count = numel(record.shape) * itemsize // size
+        if count == 0:
+            return bytearray()
+        path = store.path(storage.object.oid)
+        data = codec.decode_direct(path, f"uint{8 * size}", size, count)
+        if data is not None:
+            return data
+    return decode(record, store)
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:

@@ -38,7 +38,7 @@ from git_theta.errors import ThetaError, UsageError
 from git_theta.manifest import Ia3, LowRank, TensorRecord, depth
 from git_theta.methods import float_type
 from git_theta.store import ObjectRef, ObjectStore
-from git_theta.tensors import content_hash, crc32, identity_hash, numel, word_dtype
+from git_theta.tensors import as_words, content_hash, crc32, identity_hash, numel, word_dtype
 from git_theta.updates import (
     rebuild,
     sparse_index_dtype,
@@ -115,7 +115,7 @@ def _arrays(path: Path) -> dict[str, Array]:
     checkpoint = fmt.read(path, str(path))
     found = {}
     for name, tensor in checkpoint.tensors.items():
-        words = tensor.load()
+        words = as_words(tensor.load(), tensor.dtype)
         kind = float_type(tensor.dtype)
         typed: np.ndarray
         if kind is not None:

@@ -14,7 +14,12 @@ record carries a correction: the positions and words to replace (``replace``).
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import CorruptObjectError
 from git_theta.methods import float_type
