@@ -30,7 +30,7 @@ import struct
 import sys
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -300,9 +300,9 @@ _BLOSC_HEADER = struct.Struct("<4xIII")  # ... uncompressed, block and compresse
 
 
 def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
-    """``decode_direct`` as an array of ``word``."""
-    data = decode_direct(path, word.name, word.itemsize, words)
-    return None if data is None else np.frombuffer(data, word)
+    """``decode_direct`` into an array of ``word`` (left unfilled until decoded into)."""
+    data = _decode_into(path, word.name, word.itemsize, words, lambda n: np.empty(n, np.uint8))
+    return None if data is None else data.view(word)
 
 
 def decode_direct(path: Path, word_name: str, itemsize: int, words: int) -> bytearray | None:
@@ -313,6 +313,13 @@ def decode_direct(path: Path, word_name: str, itemsize: int, words: int) -> byte
     disagrees), for ``decode`` to decode through tensorstore or report. Opening an array
     through tensorstore's zip store costs about 0.4 ms, more than decoding most tensors;
     this costs a few tens of microseconds and a read."""
+    return _decode_into(path, word_name, itemsize, words, bytearray)
+
+
+def _decode_into(
+    path: Path, word_name: str, itemsize: int, words: int, new: Callable[[int], Any]
+) -> Any:
+    """``decode_direct`` into the writable byte buffer ``new(nbytes)`` makes."""
     if sys.byteorder != "little":
         return None
     try:
@@ -327,7 +334,7 @@ def decode_direct(path: Path, word_name: str, itemsize: int, words: int) -> byte
             count = -(-words // rows)
             if not all(archive.stored(f"c/{index}", _BLOSC_HEADER.size) for index in range(count)):
                 return None  # a chunk is missing: found before memory is taken for the data
-            out = bytearray(words * itemsize)
+            out = new(words * itemsize)
             view = memoryview(out)
             for index, start in enumerate(range(0, len(out), chunk)):
                 data = archive.member(f"c/{index}")
