@@ -301,24 +301,23 @@ _BLOSC_HEADER = struct.Struct("<4xIII")  # ... uncompressed, block and compresse
 
 def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
     """``decode_direct`` into an array of ``word`` (left unfilled until decoded into)."""
-    data = _decode_into(path, word.name, word.itemsize, words, lambda n: np.empty(n, np.uint8))
+    if word.kind != "u":  # git-theta stores unsigned words only: tensorstore reports it
+        return None
+    data = _decode_into(path, word.itemsize, words, lambda n: np.empty(n, np.uint8))
     return None if data is None else data.view(word)
 
 
-def decode_direct(path: Path, word_name: str, itemsize: int, words: int) -> bytearray | None:
-    """The bytes of a stored object in the words layout (``words`` words of ``itemsize``
-    bytes, ``word_name`` as zarr names them), decoded by c-blosc from its file into a new
-    buffer, without numpy; None when it is in another layout or not exactly as git-theta
+def decode_direct(path: Path, itemsize: int, words: int) -> bytearray | None:
+    """The bytes of a stored object in the words layout (``words`` unsigned words of
+    ``itemsize`` bytes), decoded by c-blosc from its file into a new buffer, without numpy; None when it is in another layout or not exactly as git-theta
     writes one (a member missing, compressed or out of place, a chunk whose header
     disagrees), for ``decode`` to decode through tensorstore or report. Opening an array
     through tensorstore's zip store costs about 0.4 ms, more than decoding most tensors;
     this costs a few tens of microseconds and a read."""
-    return _decode_into(path, word_name, itemsize, words, bytearray)
+    return _decode_into(path, itemsize, words, bytearray)
 
 
-def _decode_into(
-    path: Path, word_name: str, itemsize: int, words: int, new: Callable[[int], Any]
-) -> Any:
+def _decode_into(path: Path, itemsize: int, words: int, new: Callable[[int], Any]) -> Any:
     """``decode_direct`` into the writable byte buffer ``new(nbytes)`` makes."""
     if sys.byteorder != "little":
         return None
@@ -326,7 +325,7 @@ def _decode_into(
         with open(path, "rb") as f:
             archive = _Archive(f)
             meta = archive.member("zarr.json")
-            rows = _words_layout(None if meta is None else bytes(meta), word_name, itemsize, words)
+            rows = _words_layout(None if meta is None else bytes(meta), itemsize, words)
             if rows is None:
                 return None
             _check_budget(words * itemsize)
@@ -337,8 +336,8 @@ def _decode_into(
             out = new(words * itemsize)
             view = memoryview(out)
             for index, start in enumerate(range(0, len(out), chunk)):
-                data = archive.member(f"c/{index}")
-                if data is None or len(data) < _BLOSC_HEADER.size:
+                data = archive.member(f"c/{index}")  # listed above with a full header
+                if data is None:
                     return None
                 nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(data)
                 if nbytes != chunk or cbytes != len(data):
@@ -460,28 +459,28 @@ class _Archive:
 
 
 _SENTINEL = 0xFFFFFFFF  # a size or offset held in a ZIP64 record instead
-# zarr.json bytes (with the expected word type and count) -> words per chunk, or None
-_layouts: dict[tuple[bytes, str, int], int | None] = {}
+# zarr.json bytes (with the expected word size and count) -> words per chunk, or None
+_layouts: dict[tuple[bytes, int, int], int | None] = {}
 
 
-def _words_layout(meta: bytes | None, word_name: str, itemsize: int, words: int) -> int | None:
+def _words_layout(meta: bytes | None, itemsize: int, words: int) -> int | None:
     """Words per chunk when ``meta`` (a zarr.json) describes the words layout of ``words``
-    words of type ``word_name`` (``itemsize`` bytes) with blosc chunks under default keys,
-    else None. (Objects of tensors of one shape and dtype share their zarr.json: each is
-    checked once.)"""
+    unsigned words of ``itemsize`` bytes with blosc chunks under default keys, else None.
+    (Objects of tensors of one shape and dtype share their zarr.json: each is checked
+    once.)"""
     if meta is None or len(meta) > _MAX_METADATA:
         return None
-    key = (meta, word_name, words)
+    key = (meta, itemsize, words)
     if key in _layouts:
         return _layouts.get(key)  # (another thread may have just cleared it: None, safe)
-    rows = _check_layout(meta, word_name, itemsize, words)
+    rows = _check_layout(meta, itemsize, words)
     if len(_layouts) >= 4096:
         _layouts.clear()
     _layouts[key] = rows
     return rows
 
 
-def _check_layout(meta: bytes, word_name: str, itemsize: int, words: int) -> int | None:
+def _check_layout(meta: bytes, itemsize: int, words: int) -> int | None:
     try:
         m = json.loads(meta)
     except (ValueError, RecursionError):
@@ -499,7 +498,7 @@ def _check_layout(meta: bytes, word_name: str, itemsize: int, words: int) -> int
         "zarr_format": 3,
         "node_type": "array",
         "shape": [words],
-        "data_type": word_name,
+        "data_type": f"uint{8 * itemsize}",
         "fill_value": 0,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [rows]}},
         "chunk_key_encoding": m.get("chunk_key_encoding"),

@@ -5,10 +5,10 @@ as it can: no click, and the filter only at the first request, after that file's
 has arrived. A checkout of a PyTorch or safetensors file loads neither numpy nor
 tensorstore (c-blosc decodes each object into a plain buffer; see ``git_theta.lazy``):
 importing numpy alone takes 50-60 ms. They load when a tensor is encoded, or decoded from
-an update or an older layout. (Loading modules on a second thread while the content arrives was
-slower on two cores: git, the spooling and the imports then compete for them.) A failed
-import is then reported for the file like any other error. stdout carries only protocol
-data.
+an update or an older layout. (Loading modules on a second thread while the content
+arrives was slower on two cores: git, the spooling and the imports then compete for them.)
+A failed import is then reported for the file like any other error. stdout carries only
+protocol data.
 """
 
 from __future__ import annotations

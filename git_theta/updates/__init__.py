@@ -262,25 +262,29 @@ def decode_bytes(record: TensorRecord, store: ObjectStore) -> bytearray | np.nda
     is no bytes, any other tensor is as ``decode`` rebuilds it. Raises as ``decode`` does."""
     steps, storage = chain(record.storage)
     if not steps and isinstance(storage, Dense):
-        itemsize = get_dtype(record.dtype).itemsize
-        size = word_size(itemsize)
-        count = numel(record.shape) * itemsize // size
+        size, count = _word_count(record)
         if count == 0:
             return bytearray()
-        path = store.path(storage.object.oid)
-        data = codec.decode_direct(path, f"uint{8 * size}", size, count)
+        data = codec.decode_direct(store.path(storage.object.oid), size, count)
         if data is not None:
             return data
     return decode(record, store)
+
+
+def _word_count(record: TensorRecord) -> tuple[int, int]:
+    """Bytes per word (``tensors.word_size``) and number of words of the tensor's canonical
+    bytes."""
+    itemsize = get_dtype(record.dtype).itemsize
+    size = word_size(itemsize)
+    return size, numel(record.shape) * itemsize // size
 
 
 def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
     """The tensor's canonical words (``tensors.word_dtype`` of its dtype), rebuilt from its
     objects (which must be local) by applying its chain from the dense root up. Raises
     CorruptObjectError for an object that does not decode or an update that does not fit."""
-    itemsize = get_dtype(record.dtype).itemsize
-    word = word_dtype(itemsize)
-    count = numel(record.shape) * itemsize // word.itemsize
+    size, count = _word_count(record)
+    word = word_dtype(size)
     steps, storage = chain(record.storage)
     if not isinstance(storage, Dense):
         raise ManifestError(f"encoding `{storage.encoding}` cannot be decoded: upgrade git-theta")
