@@ -14,23 +14,29 @@ written decodes the same way:
   stores plane by plane, then zstd. As small as the words layout with zstd but slower to
   decode; git-theta wrote it for floats in one release and still writes it when asked.
 
-Both are lossless for every dtype. Tensorstore writes the array's keys (``zarr.json`` and one
-key per chunk) to an in-memory key-value store; the blob is those keys as the members of an
-uncompressed zip archive, in sorted order (zarr's zip-store layout). The same input gives the
-same blob. A stored object in the words layout is decoded by c-blosc straight from its file
+Both are lossless for every dtype. The blob is the array's keys (``zarr.json`` and one key
+per chunk) as the members of an uncompressed zip archive, in sorted order (zarr's zip-store
+layout). The words layout's keys are made here, each chunk compressed by c-blosc on the
+codec's threads exactly as tensorstore's blosc codec compresses it (tensorstore reads the
+array as its own); the planes layout's keys are written by tensorstore to an in-memory
+key-value store. The same input gives the same blob. A stored object in the words layout is decoded by c-blosc straight from its file
 (``_direct``); any other object, or one that is not exactly as git-theta writes it, is opened
 in place with tensorstore's ``zip`` key-value store, which reports what is wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import struct
 import sys
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,13 +141,16 @@ def encode(
 
 
 class Encoding:
-    """An encoding under way: made, it starts compressing ``words`` on tensorstore's threads
-    (so the caller can hash them meanwhile); ``pieces()`` waits for it and yields the blob.
-    ``words`` must not change until then."""
+    """An encoding under way: made, it starts compressing ``words`` on other threads (so
+    the caller can hash them meanwhile); ``pieces()`` waits for it and yields the blob (once).
+    ``words`` must not change until then.
+
+    The words layout is compressed by c-blosc straight from ``words``, a chunk per task on
+    the codec's threads; the blob is byte for byte the one tensorstore makes of the same
+    array (the same c-blosc calls, the same metadata), without tensorstore's copy of the
+    tensor or its import. The planes layout goes through tensorstore."""
 
     def __init__(self, words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> None:
-        ts = _tensorstore()
-
         if cname not in COMPRESSORS:
             raise ValueError(f"unknown compressor {cname!r} (use {' or '.join(COMPRESSORS)})")
         clevel = DEFAULT_LEVEL[cname] if clevel is None else clevel
@@ -149,14 +158,18 @@ class Encoding:
             raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
         self.words = words
         self.cname = cname
-        self._context = ts.Context()
+        self._chunks: list[Future[tuple[bytes, int]] | None] = []
         if cname == "planes":
+            ts = _tensorstore()
+            self._context = ts.Context()
             spec = _planes_spec(words.size, words.dtype, clevel)
             data = words.view(np.uint8).reshape(words.size, words.dtype.itemsize)
+            array = ts.open(spec, context=self._context).result()
+            self._written = array.write(data) if words.size else None
         else:
-            spec, data = _spec(words.size, words.dtype, clevel, cname), words
-        array = ts.open(spec, context=self._context).result()
-        self._written = array.write(data) if words.size else None
+            spec = _spec(words.size, words.dtype, clevel, cname)
+            self._metadata = _metadata_bytes(spec["metadata"], words.dtype.itemsize)
+            self._chunks = list(_compress_chunks(words, spec))
 
     def _keys(self) -> Any:
         """The finished array's key-value store (``zarr.json`` and the compressed chunks)."""
@@ -167,21 +180,138 @@ class Encoding:
         return ts.KvStore.open({"driver": "memory"}, context=self._context).result()
 
     def size(self) -> int:
-        """Bytes of the compressed chunks (the blob adds its zip records), without holding
-        more than one chunk's copy."""
+        """Bytes of the array's keys, ``zarr.json`` and the compressed chunks (the blob adds
+        its zip records)."""
+        if self.cname != "planes":
+            return len(self._metadata) + sum(len(_done(chunk)[0]) for chunk in self._chunks)
         store = self._keys()
         return sum(len(store.read(key).result().value) for key in store.list().result())
 
     def pieces(self) -> Iterator[bytes | memoryview]:
-        store = self._keys()
         pieces = _Pieces()
         archive = ZipStream(pieces, align=1)
-        for key in sorted(store.list().result()):
-            archive.add(key.decode(), store.read(key).result().value)
-            store.write(key, None).result()  # dropped: memory holds one copy of the blob
-            yield from pieces.take()
+        if self.cname != "planes":
+            # the members in the order of their names' bytes, as a zarr zip store lists keys
+            for key in sorted([*(f"c/{i}" for i in range(len(self._chunks))), "zarr.json"]):
+                if key == "zarr.json":
+                    archive.add(key, self._metadata)
+                else:
+                    index = int(key[2:])
+                    data, crc = _done(self._chunks[index])
+                    self._chunks[index] = None  # memory holds one copy of the blob
+                    archive.add(key, data, crc)
+                yield from pieces.take()
+        else:
+            store = self._keys()
+            for key in sorted(store.list().result()):
+                archive.add(key.decode(), store.read(key).result().value)
+                store.write(key, None).result()  # dropped: memory holds one copy of the blob
+                yield from pieces.take()
         archive.close()
         yield from pieces.take()
+
+
+def _done(chunk: Future[tuple[bytes, int]] | None) -> tuple[bytes, int]:
+    if chunk is None:
+        raise RuntimeError("an encoding's pieces are taken once")
+    return chunk.result()
+
+
+def _metadata_bytes(metadata: dict, itemsize: int) -> bytes:
+    """``zarr.json`` as tensorstore writes it for ``metadata``: keys sorted, no spaces, the
+    array's node type and format added, and for one-byte words no byte order or type size
+    (tensorstore drops what cannot vary)."""
+    codecs = []
+    for entry in metadata["codecs"]:
+        if itemsize == 1 and entry["name"] == "bytes":
+            entry = {"name": "bytes"}
+        elif itemsize == 1 and entry["name"] == "blosc":
+            config = {k: v for k, v in entry["configuration"].items() if k != "typesize"}
+            entry = {**entry, "configuration": config}
+        codecs.append(entry)
+    full = {**metadata, "codecs": codecs, "node_type": "array", "zarr_format": 3}
+    return json.dumps(full, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _compress_chunks(words: np.ndarray, spec: dict) -> Iterator[Future[tuple[bytes, int]]]:
+    """Each chunk of ``words`` (in the words layout ``spec`` gives) compressed on the codec's
+    threads: futures of (compressed bytes, their CRC-32), in chunk order."""
+    metadata = spec["metadata"]
+    blosc = metadata["codecs"][1]["configuration"]
+    itemsize = words.dtype.itemsize
+    chunk = metadata["chunk_grid"]["configuration"]["chunk_shape"][0] * itemsize
+    flat = words.view(np.uint8)
+    pool = _codec_pool()
+    for start in range(0, flat.size, chunk):
+        yield pool.submit(
+            _compress_chunk,
+            flat[start : start + chunk],
+            chunk,
+            itemsize,
+            blosc["clevel"],
+            1 if blosc["shuffle"] == "shuffle" else 0,
+            blosc["cname"],
+            blosc["blocksize"],
+        )
+
+
+def _compress_chunk(
+    data: np.ndarray, chunk: int, itemsize: int, clevel: int, shuffle: int, cname: str, block: int
+) -> tuple[bytes, int]:
+    """One chunk compressed as tensorstore's blosc codec does it: the last, short chunk of
+    an array padded with zeros to the chunk's length."""
+    if data.size < chunk:
+        padded = np.zeros(chunk, np.uint8)
+        padded[: data.size] = data
+        data = padded
+    blosc = _blosc_module or _blosc()
+    with _BLOCK_SIZE.holding(block):
+        compressed = blosc.compress_ptr(data.ctypes.data, chunk, itemsize, clevel, shuffle, cname)
+    return compressed, zlib.crc32(compressed)
+
+
+class _BlockSize:
+    """c-blosc's block size is one setting of the process, which each compression reads as
+    it starts (python-blosc takes no block size per call): compressions that need the same
+    size run together, ones that need another wait until they are done, then set it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._size: int | None = None
+        self._users = 0
+
+    @contextlib.contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        with self._changed:
+            while self._users and self._size != size:
+                self._changed.wait()
+            if self._size != size:
+                (_blosc_module or _blosc()).set_blocksize(size)
+                self._size = size
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._users -= 1
+                if not self._users:
+                    self._changed.notify_all()
+
+
+_BLOCK_SIZE = _BlockSize()
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _codec_pool() -> ThreadPoolExecutor:
+    """The threads that compress chunks, one per core, made at first use (and made again
+    in a forked child, which has none of its parent's threads)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            workers = os.cpu_count() or 1
+            _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="theta-codec"))
+        return _pool[1]
 
 
 class _Pieces:

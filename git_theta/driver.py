@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from git_theta import filter as theta_filter
 from git_theta.errors import ManifestError, ThetaError
+from git_theta.formats.base import private_file
 from git_theta.history import Located
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, parse_if_manifest
 from git_theta.repo import Repo
@@ -38,17 +39,19 @@ class FilterDriver:
 
     def clean(self, pathname: str, src: Path, out: BinaryIO) -> None:
         """Checkpoint at ``src`` -> its manifest on ``out``, reusing the records of the
-        manifest the index holds for ``pathname``."""
+        manifest the index holds for ``pathname``. ``src`` is the filter's own copy of
+        what git sent, which nothing else changes: its tensors are mapped, not copied."""
         previous = self.repo.index_blob(pathname) if pathname else None
-        manifest = theta_filter.clean(
-            src,
-            previous,
-            self.repo.store,
-            self.repo.config,
-            name=pathname or "<stdin>",
-            progress=self.progress(f"storing {pathname}"),
-            note=self.note,
-        )
+        with private_file(src):
+            manifest = theta_filter.clean(
+                src,
+                previous,
+                self.repo.store,
+                self.repo.config,
+                name=pathname or "<stdin>",
+                progress=self.progress(f"storing {pathname}"),
+                note=self.note,
+            )
         out.write(manifest)
 
     def smudge(self, pathname: str, src: Path, out: BinaryIO) -> None:

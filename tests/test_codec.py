@@ -119,6 +119,79 @@ def test_blob_bytes_are_pinned() -> None:
     )
 
 
+def tensorstore_keys(words: np.ndarray, clevel: int, cname: str) -> dict[bytes, bytes]:
+    """The keys tensorstore itself writes for the words layout of ``words``."""
+    import tensorstore as ts
+
+    context = ts.Context()
+    spec = codec._spec(words.size, words.dtype, clevel, cname)
+    array = ts.open(spec, context=context).result()
+    if words.size:
+        array.write(words).result()
+    keys = ts.KvStore.open({"driver": "memory"}, context=context).result()
+    return {key: keys.read(key).result().value for key in keys.list().result()}
+
+
+@pytest.mark.parametrize("cname", ["lz4", "zstd"])
+@pytest.mark.parametrize("word", ["<u1", "<u2", "<u4", "<u8"])
+@pytest.mark.parametrize("chunks", [0, 1, 2.5])
+def test_the_words_layout_is_the_array_tensorstore_writes(
+    word: str, chunks: float, cname: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # git-theta compresses the chunks with c-blosc itself; tensorstore must read the result
+    # as its own: the same metadata byte for byte, the same keys, the same words
+    monkeypatch.setattr(codec, "CHUNK_BYTES", 4096)
+    count = int(chunks * 4096) // np.dtype(word).itemsize or (0 if chunks == 0 else 1)
+    words = (np.random.default_rng(3).standard_normal(count) * 50).astype(np.int64).astype(word)
+    encoding = codec.Encoding(words, None, cname)
+    size = encoding.size()
+    blob = b"".join(encoding.pieces())
+    ours = codec._unpack(blob)
+    theirs = tensorstore_keys(words, codec.DEFAULT_LEVEL[cname], cname)
+    assert list(ours) == sorted(theirs)
+    assert ours[b"zarr.json"] == theirs[b"zarr.json"]
+    assert size == sum(len(v) for v in ours.values())  # what auto's choices compare
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        assert archive.testzip() is None  # every member's CRC-32 is right
+    through_tensorstore = codec._open(blob, words.dtype, words.size).read().result()
+    assert through_tensorstore.tobytes() == words.tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "object"
+        path.write_bytes(blob)
+        assert codec.decode(path, words.dtype, words.size).tobytes() == words.tobytes()
+
+
+def test_encodings_on_many_threads_each_get_their_own_block_size() -> None:
+    # c-blosc's block size is one setting for the process; lz4 (blosc's own choice) and zstd
+    # (one block per chunk) encodings running at once must not take each other's
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(n, dtype=np.float32).view("<u4") for n in (3 << 18, 700_001)]
+    jobs = [(a, cname) for a in arrays for cname in ("lz4", "zstd")] * 8
+    alone = {(id(a), c): blob_of(a, codec.DEFAULT_LEVEL[c], c) for a, c in jobs}
+    with ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(lambda job: blob_of(job[0], codec.DEFAULT_LEVEL[job[1]], job[1]), jobs)
+        )
+    assert together == [alone[(id(a), c)] for a, c in jobs]
+    for (_, cname), blob in zip(jobs, together, strict=True):
+        blocks = {
+            int.from_bytes(value[8:12], "little")
+            for key, value in codec._unpack(blob).items()
+            if key.startswith(b"c/")
+        }
+        assert len(blocks) == 1  # every chunk alike
+        assert (blocks == {codec.CHUNK_BYTES}) == (cname == "zstd")
+
+
+def test_an_encoding_yields_its_pieces_once() -> None:
+    encoding = codec.Encoding(np.arange(10, dtype="<u4"))
+    assert b"".join(encoding.pieces())
+    with pytest.raises(RuntimeError, match="taken once"):
+        list(encoding.pieces())
+
+
 @pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2)])
 def test_scalar_and_empty_tensors(shape: tuple[int, ...]) -> None:
     words = canonical_words("float32", shape, seed=1)

@@ -236,12 +236,14 @@ def test_broken_install_fails_the_file_with_one_message(
     commit_good(repo)
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "tensorstore.py").write_text('raise ImportError("tensorstore is broken here")\n')
+    (shadow / "blosc").mkdir()  # c-blosc compresses what `git add` stores
+    (shadow / "blosc" / "__init__.py").write_text("")
+    (shadow / "blosc" / "blosc_extension.py").write_text('raise ImportError("blosc is broken")\n')
     monkeypatch.setenv("PYTHONPATH", str(shadow))
     changed = seeded_state_dict(n=3, size=16, seed=9)
     buf = io.BytesIO()
     torch.save(changed, buf)
-    assert_add_refused(repo, buf.getvalue(), PREFIX + "ImportError: tensorstore is broken here")
+    assert_add_refused(repo, buf.getvalue(), PREFIX + "ImportError: blosc is broken")
 
 
 def test_corrupt_object_fails_checkout(repo: Repo) -> None:

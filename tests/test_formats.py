@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 import shutil
 import struct
@@ -774,3 +775,36 @@ def test_pytorch_read_and_write_never_import_torch(tmp_path: Path) -> None:
         [sys.executable, "-c", NO_TORCH, str(path)], capture_output=True, text=True
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "ok\n", "")
+
+
+# ------------------------------------------------------------- mapped reads of private files
+
+
+def test_a_private_files_large_tensors_are_mapped_copy_on_write(tmp_path: Path) -> None:
+    from git_theta.formats import base
+
+    path = tmp_path / "spooled"
+    data = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    offset, size = 4097, 2 << 20  # not on a page boundary
+    shared = base.SharedFile(path)
+    copied = base.read_range(shared, offset, size)
+    assert copied.base is None  # read into an array of its own
+    with base.private_file(path):
+        private = base.SharedFile(path)
+    assert private.private and not shared.private
+    mapped = base.read_range(private, offset, size)
+    assert isinstance(mapped.base, memoryview) and isinstance(mapped.base.obj, mmap.mmap)
+    assert mapped.tobytes() == copied.tobytes() == data[offset : offset + size].tobytes()
+    small = base.read_range(private, offset, base.MAP_MIN_BYTES - 1)  # cheaper to read
+    assert small.tobytes() == data[offset : offset + base.MAP_MIN_BYTES - 1].tobytes()
+    assert small.base is None
+    mapped[:] = 0  # writable, as a read array is, and the file keeps its bytes
+    assert path.read_bytes() == data.tobytes()
+    for reader in (shared, private):  # a range past the end: the same error either way
+        with pytest.raises(EOFError) as info:
+            base.read_range(reader, (3 << 20) - 100, size)
+        assert str(info.value) == f"file ends {size - 100} bytes early"
+        with pytest.raises(EOFError) as info:
+            base.read_range(reader, 5 << 20, size)
+        assert str(info.value) == f"file ends {size} bytes early"

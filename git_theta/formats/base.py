@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -20,6 +21,22 @@ DAMAGED_MANIFEST = (
 )
 
 
+# the paths of files no other process changes while they are read (the filters' private
+# copies of what git hands them): their tensors are mapped, not copied
+_PRIVATE: set[str] = set()
+
+
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[None]:
+    """Readers map the tensors of the file at ``path`` (which nothing may change or
+    truncate meanwhile) instead of reading them into memory, while this lasts."""
+    _PRIVATE.add(str(path))
+    try:
+        yield
+    finally:
+        _PRIVATE.discard(str(path))
+
+
 class SharedFile:
     """A read-only descriptor shared by a checkpoint's tensor loaders; it is closed when the
     last loader holding it is gone (or on ``close()``)."""
@@ -27,12 +44,22 @@ class SharedFile:
     def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.close = weakref.finalize(self, os.close, self.fd)
+        self.private = str(path) in _PRIVATE
+
+
+# a range this big of a private file is mapped: smaller ones cost less to read than to map
+MAP_MIN_BYTES = 1 << 20
 
 
 def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
-    """``size`` bytes of ``file`` from ``offset`` into a new array (positional reads, so
+    """``size`` bytes of ``file`` from ``offset`` in a new array (positional reads, so
     threads can share the file). Readers load tensors this way rather than mapping the whole
-    file: memory then holds only the tensors being processed."""
+    file: memory then holds only the tensors being processed. A large range of a private
+    file (``private_file``) is mapped copy-on-write instead: its pages are the page cache's,
+    not a copy (a file another process may truncate is never mapped: reading a page past
+    its new end would kill this process)."""
+    if file.private and size >= MAP_MIN_BYTES:
+        return _mapped_range(file, offset, size)
     buffer = np.empty(size, dtype=np.uint8)
     view = buffer.data
     done = 0
@@ -42,6 +69,17 @@ def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
             raise EOFError(f"file ends {size - done} bytes early")
         done += got
     return buffer
+
+
+def _mapped_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
+    import mmap
+
+    short = offset + size - os.fstat(file.fd).st_size
+    if short > 0:
+        raise EOFError(f"file ends {min(short, size)} bytes early")
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(file.fd, offset + size - start, access=mmap.ACCESS_COPY, offset=start)
+    return np.frombuffer(mapped, np.uint8, size, offset - start)  # unmapped with the array
 
 
 def read_words(file: SharedFile, offset: int, size: int, itemsize: int) -> np.ndarray:
