@@ -7,7 +7,8 @@ from a local LFS server (giftless). Per step it prints the median wall time over
 the ratio git-theta / Git LFS, the peak RSS of the largest process (git or its filter; from
 wait4, as /usr/bin/time reports it), and the size of .git after each commit. Every checkout
 is verified bit-exact. Every timed step starts after `sync`, so writeback of what earlier
-steps wrote does not land on the next one. git-theta's modules are byte-compiled first, as
+steps wrote does not land on the next one, and each tool's run deletes what it wrote when
+it ends, so the next run does not start with memory full of its files. git-theta's modules are byte-compiled first, as
 an install would leave them. Ratios are printed, never asserted.
 
     python scripts/bench.py            # 50 MB and 498 MB workloads, .pt and safetensors, 3 runs
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +248,11 @@ def bench_tool(
     step("clone", [*git, "clone", "-q", str(bare), str(clone)], cwd=work)
     if not same_checkpoint(clone / w.filename, versions[-1]):
         raise SystemExit(f"bench: {tool} clone is not bit-exact")
+    # what this run wrote goes, page cache with it: the next run, of either tool, starts
+    # with as much free memory as this one did, not with the kernel reclaiming the other
+    # tool's files at every page it takes
+    for p in (repo, bare, clone, server.storage / urllib.parse.urlparse(url).path.strip("/")):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def fmt_size(n: float) -> str:

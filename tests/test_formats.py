@@ -808,3 +808,35 @@ def test_a_private_files_large_tensors_are_mapped_copy_on_write(tmp_path: Path) 
         with pytest.raises(EOFError) as info:
             base.read_range(reader, 5 << 20, size)
         assert str(info.value) == f"file ends {size} bytes early"
+
+
+def test_the_clean_filter_maps_the_tensors_of_its_own_copy_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta.driver import FilterDriver
+    from git_theta.formats import base
+    from git_theta.manifest import parse_if_manifest
+    from git_theta.repo import Repo
+
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    spooled = tmp_path / "theta-in-copy"  # what the filter spooled git's content to
+    big = torch.arange(1 << 19, dtype=torch.float32)  # 2 MiB: mapped
+    small = torch.arange(16, dtype=torch.float32)
+    torch.save({"big": big, "small": small}, spooled)
+    mapped: list[int] = []
+    real = base._mapped_range
+
+    def spy(file: base.SharedFile, offset: int, size: int) -> np.ndarray:
+        mapped.append(size)
+        return real(file, offset, size)
+
+    monkeypatch.setattr(base, "_mapped_range", spy)
+    out = io.BytesIO()
+    FilterDriver(Repo.open(tmp_path / "repo")).clean("model.pt", spooled, out)
+    assert mapped == [big.numel() * 4]
+    assert not base._PRIVATE  # only while the file is cleaned
+    manifest = parse_if_manifest(out.getvalue())
+    assert manifest is not None and sorted(manifest.tensors) == ["big", "small"]
+    checkpoint = formats.get("pytorch").read(spooled, "model.pt")  # another reader: a copy
+    assert checkpoint.tensors["big"].load().tobytes() == big.numpy().tobytes()
+    assert mapped == [big.numel() * 4]
