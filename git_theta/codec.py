@@ -437,14 +437,18 @@ def _direct(path: Path, word: np.dtype, words: int) -> np.ndarray | None:
     return None if data is None else data.view(word)
 
 
-def decode_direct(path: Path, itemsize: int, words: int) -> bytearray | None:
+def decode_direct(
+    path: Path, itemsize: int, words: int, new: Callable[[int], bytearray] = bytearray
+) -> bytearray | None:
     """The bytes of a stored object in the words layout (``words`` unsigned words of
-    ``itemsize`` bytes), decoded by c-blosc from its file into a new buffer, without numpy; None when it is in another layout or not exactly as git-theta
-    writes one (a member missing, compressed or out of place, a chunk whose header
-    disagrees), for ``decode`` to decode through tensorstore or report. Opening an array
-    through tensorstore's zip store costs about 0.4 ms, more than decoding most tensors;
-    this costs a few tens of microseconds and a read."""
-    return _decode_into(path, itemsize, words, bytearray)
+    ``itemsize`` bytes), decoded by c-blosc from its file, without numpy, into the buffer
+    ``new(nbytes)`` gives (a new one, or a used one of that size: every byte is written);
+    None when it is in another layout or not exactly as git-theta writes one (a member
+    missing, compressed or out of place, a chunk whose header disagrees), for ``decode`` to
+    decode through tensorstore or report. Opening an array through tensorstore's zip store
+    costs about 0.4 ms, more than decoding most tensors; this costs a few tens of
+    microseconds and a read."""
+    return _decode_into(path, itemsize, words, new)
 
 
 def _decode_into(path: Path, itemsize: int, words: int, new: Callable[[int], Any]) -> Any:

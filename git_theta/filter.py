@@ -14,6 +14,8 @@ finds a repository, runs git or installs anything.
 from __future__ import annotations
 
 import functools
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -219,10 +221,12 @@ def load_tensor(name: str, record: TensorRecord, store: ObjectStore) -> np.ndarr
     return cast("np.ndarray", _load(name, record, store, updates.decode))
 
 
-def load_bytes(name: str, record: TensorRecord, store: ObjectStore) -> bytearray | np.ndarray:
+def load_bytes(
+    name: str, record: TensorRecord, store: ObjectStore, new: Callable[[int], bytearray] = bytearray
+) -> bytearray | np.ndarray:
     """The tensor's canonical bytes for a writer, verified (``updates.decode_bytes``: no
-    numpy for a dense tensor)."""
-    return _load(name, record, store, updates.decode_bytes)
+    numpy for a dense tensor, decoded into the buffer ``new(nbytes)`` gives)."""
+    return _load(name, record, store, functools.partial(updates.decode_bytes, new=new))
 
 
 def _load(
@@ -284,11 +288,15 @@ def smudge(
         raise ObjectMissingError(missing)
     threads = max(1, config.threads)
     fmt = formats.get(manifest.format["name"])
-    load = load_bytes if getattr(fmt, "writes_buffers", False) else load_tensor
+    spares = _Spares(SPARE_BYTES)
+    load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray] = load_tensor
+    if getattr(fmt, "writes_buffers", False):
+        load = functools.partial(load_bytes, new=spares.take)
     with ThreadPoolExecutor(max_workers=threads) as pool:
         loader = _AheadLoader(
             manifest, store, pool, load, window=max(2, threads + 1), progress=progress
         )
+        loader.spares = spares
         tensors = {
             name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
             for name, rec in manifest.tensors.items()
@@ -301,9 +309,41 @@ def smudge(
 
 
 # tensors decoded ahead of the writer: at most this many, holding at most these bytes beyond
-# the loader's window
+# the loader's window (enough to keep the decoding threads busy while the writer streams;
+# more only takes memory that the spares below could have reused)
 AHEAD_MOST = 256
-AHEAD_BYTES = 256 << 20
+AHEAD_BYTES = 64 << 20
+# buffers the writer is done with are kept, up to this many bytes, for the next tensors of
+# their sizes (a model repeats its layers' shapes); smaller ones cost little to make anew
+SPARE_BYTES = 64 << 20
+SPARE_MIN_BYTES = 1 << 20
+
+
+class _Spares:
+    """Buffers the writer is done with, for the next tensor of the same size: decoding into
+    one costs no page faults and no zero fill (a new buffer of a 498 MB checkpoint's tensors
+    costs both for every page). At most ``limit`` bytes are kept; the decoder writes every
+    byte of a buffer it takes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()  # taken by the decoding threads, given by the writer's
+        self._kept: dict[int, list[bytearray]] = {}
+        self._held = 0
+
+    def take(self, nbytes: int) -> bytearray:
+        with self._lock:
+            kept = self._kept.get(nbytes)
+            if kept:
+                self._held -= nbytes
+                return kept.pop()
+        return bytearray(nbytes)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if self._held + len(buffer) <= self.limit:
+                self._kept.setdefault(len(buffer), []).append(buffer)
+                self._held += len(buffer)
 
 
 class _AheadLoader:
@@ -333,6 +373,8 @@ class _AheadLoader:
         self._pending: dict[str, Future[bytearray | np.ndarray]] = {}
         self._ahead = 0  # bytes of the tensors pending
         self._done: set[str] = set()
+        self.spares: _Spares | None = None  # where buffers the writer is done with go
+        self._lent: list[bytearray] = []  # buffers handed to the writer, maybe still in use
 
     def _submit_ahead(self) -> None:
         while self._next < len(self.order) and len(self._pending) < AHEAD_MOST:
@@ -346,6 +388,7 @@ class _AheadLoader:
                 self._ahead += record.nbytes
 
     def load(self, name: str) -> bytearray | np.ndarray:
+        self._reclaim()  # first: the tensors submitted next can decode into what it frees
         self._submit_ahead()
         self._done.add(name)
         future = self._pending.pop(name, None)
@@ -355,11 +398,27 @@ class _AheadLoader:
             self._ahead -= self.manifest.tensors[name].nbytes
             result = future.result()
             self._submit_ahead()
+        if isinstance(result, bytearray) and len(result) >= SPARE_MIN_BYTES:
+            self._lent.append(result)
         if self.progress is not None:
             self.done_bytes += self.manifest.tensors[name].nbytes
             total = len(self.manifest.tensors)
             self.progress(len(self._done), total, self.done_bytes, self.total_bytes)
         return result
+
+    def _reclaim(self) -> None:
+        """Hands the buffers lent to the writer that nothing holds any more (the writer is
+        done with them) to the spares."""
+        if self.spares is None:
+            return
+        still = []
+        for buffer in self._lent:
+            # referenced by the list, this loop and getrefcount's argument only: by no one
+            if sys.getrefcount(buffer) <= 3:
+                self.spares.give(buffer)
+            else:
+                still.append(buffer)
+        self._lent = still
 
     def cancel(self) -> None:
         for future in self._pending.values():

@@ -94,3 +94,56 @@ def test_checkout_writes_the_crc32s_recorded_at_add_without_computing_them(
     old_out = io.BytesIO()
     theta_filter.smudge(old, store, old_out, config)
     assert sum(computed) >= storages and old_out.getvalue() == out.getvalue()
+
+
+def test_checkout_reuses_the_buffers_the_writer_is_done_with_and_never_one_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import config as theta_config
+    from git_theta import filter as theta_filter
+    from git_theta import formats
+    from git_theta.manifest import Manifest
+    from git_theta.store import ObjectStore
+
+    gen = torch.Generator().manual_seed(4)
+    layers = {f"layer{i}.weight": torch.randn(512, 1024, generator=gen) for i in range(10)}
+    torch.save({**layers, "bias": torch.randn(7, generator=gen)}, tmp_path / "model.pt")
+    store, config = ObjectStore(tmp_path / "lfs"), theta_config.load({})
+    manifest = Manifest.from_bytes(theta_filter.clean(tmp_path / "model.pt", None, store, config))
+    reused = []
+
+    class Counted(theta_filter._Spares):
+        def take(self, nbytes: int) -> bytearray:
+            before = self._held
+            buffer = super().take(nbytes)
+            reused.append(self._held < before)
+            return buffer
+
+    monkeypatch.setattr(theta_filter, "_Spares", Counted)
+    monkeypatch.setattr(theta_filter, "AHEAD_BYTES", 0)  # only the window decoded ahead
+    out = io.BytesIO()
+    theta_filter.smudge(manifest, store, out, config)
+    assert out.getvalue() == (tmp_path / "model.pt").read_bytes()
+    assert len(reused) == 11 and sum(reused) >= 5  # 2 MiB layers decode into used buffers
+
+    # a writer that holds every tensor until it has them all: no buffer it holds is reused
+    pytorch = formats.get("pytorch")
+    held: dict[str, bytes] = {}
+
+    class Hoarding:
+        writes_buffers = True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(pytorch, name)
+
+        def write(self, spec: Any, tensors: Any, aliases: Any, out: Any) -> None:
+            buffers = {name: t.load() for name, t in tensors.items()}
+            held.update({name: bytes(b) for name, b in buffers.items()})
+            assert all(bytes(buffers[name]) == held[name] for name in buffers)
+
+    monkeypatch.setattr(theta_filter.formats, "get", lambda name: Hoarding())
+    reused.clear()
+    theta_filter.smudge(manifest, store, io.BytesIO(), config)
+    assert not any(reused)
+    for name, tensor in layers.items():
+        assert held[name] == tensor.numpy().tobytes()

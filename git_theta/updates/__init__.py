@@ -14,6 +14,7 @@ carries the base's chain (``manifest.Delta``), at most ``theta.maxChainDepth`` u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -256,16 +257,19 @@ def matches(record: TensorRecord, words: bytearray | np.ndarray) -> bool:
     return identity_hash(record.dtype, record.shape, words) == record.hash
 
 
-def decode_bytes(record: TensorRecord, store: ObjectStore) -> bytearray | np.ndarray:
+def decode_bytes(
+    record: TensorRecord, store: ObjectStore, new: Callable[[int], bytearray] = bytearray
+) -> bytearray | np.ndarray:
     """The tensor's canonical bytes, for a writer: a dense object in the words layout is
-    decoded straight into a buffer (the common case, which loads no numpy), an empty tensor
-    is no bytes, any other tensor is as ``decode`` rebuilds it. Raises as ``decode`` does."""
+    decoded straight into the buffer ``new(nbytes)`` gives (the common case, which loads no
+    numpy), an empty tensor is no bytes, any other tensor is as ``decode`` rebuilds it.
+    Raises as ``decode`` does."""
     steps, storage = chain(record.storage)
     if not steps and isinstance(storage, Dense):
         size, count = _word_count(record)
         if count == 0:
             return bytearray()
-        data = codec.decode_direct(store.path(storage.object.oid), size, count)
+        data = codec.decode_direct(store.path(storage.object.oid), size, count, new)
         if data is not None:
             return data
     return decode(record, store)
