@@ -17,11 +17,13 @@ written decodes the same way:
 Both are lossless for every dtype. The blob is the array's keys (``zarr.json`` and one key
 per chunk) as the members of an uncompressed zip archive, in sorted order (zarr's zip-store
 layout). The words layout's keys are made here, each chunk compressed by c-blosc on the
-codec's threads exactly as tensorstore's blosc codec compresses it (tensorstore reads the
-array as its own); the planes layout's keys are written by tensorstore to an in-memory
-key-value store. The same input gives the same blob. A stored object in the words layout is decoded by c-blosc straight from its file
-(``_direct``); any other object, or one that is not exactly as git-theta writes it, is opened
-in place with tensorstore's ``zip`` key-value store, which reports what is wrong.
+codec's threads with the calls tensorstore's blosc codec makes (tensorstore reads the array
+as its own; the bytes differ only where the zstd each library bundles does); the planes
+layout's keys are written by tensorstore to an in-memory key-value store. The same input
+gives the same blob. A stored object in the words layout is decoded by c-blosc straight
+from its file (``_direct``); any other object, or one that is not exactly as git-theta
+writes it, is opened in place with tensorstore's ``zip`` key-value store, which reports
+what is wrong.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from git_theta.errors import CorruptObjectError
 from git_theta.zipstream import ZipStream
 
 MAGIC = b"PK\x03\x04"
-# 1 MiB chunks: tensorstore encodes and decodes the chunks of one array on all cores, and
-# blosc runs faster on a chunk that stays in cache (a 38 MB tensor: 0.19 s as one chunk,
+# 1 MiB chunks: the chunks of one array are encoded and decoded on all cores, and blosc
+# runs faster on a chunk that stays in cache (a 38 MB tensor: 0.19 s as one chunk,
 # 0.04 s as 1 MiB chunks, on 2 cores); a zip member costs about 100 bytes
 CHUNK_BYTES = 1 << 20
 # blosc lz4 and blosc zstd (the words layout); byte planes + zstd (the planes layout)
@@ -146,14 +148,16 @@ class Encoding:
     ``words`` must not change until then.
 
     The words layout is compressed by c-blosc straight from ``words``, a chunk per task on
-    the codec's threads; the blob is byte for byte the one tensorstore makes of the same
-    array (the same c-blosc calls, the same metadata), without tensorstore's copy of the
-    tensor or its import. The planes layout goes through tensorstore."""
+    the codec's threads, with the metadata and the c-blosc calls tensorstore's zarr driver
+    uses, without tensorstore's copy of the tensor or its import. The planes layout goes
+    through tensorstore."""
 
     def __init__(self, words: np.ndarray, clevel: int | None = None, cname: str = "lz4") -> None:
         if cname not in COMPRESSORS:
             raise ValueError(f"unknown compressor {cname!r} (use {' or '.join(COMPRESSORS)})")
         clevel = DEFAULT_LEVEL[cname] if clevel is None else clevel
+        if cname != "planes" and not 0 <= clevel <= 9:
+            raise ValueError(f"blosc compression level {clevel} is out of range (0 to 9)")
         if words.ndim != 1 or words.dtype.kind != "u" or not words.flags.c_contiguous:
             raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
         self.words = words
@@ -183,7 +187,7 @@ class Encoding:
         """Bytes of the array's keys, ``zarr.json`` and the compressed chunks (the blob adds
         its zip records)."""
         if self.cname != "planes":
-            return len(self._metadata) + sum(len(_done(chunk)[0]) for chunk in self._chunks)
+            return len(self._metadata) + sum(len(_chunk_result(chunk)[0]) for chunk in self._chunks)
         store = self._keys()
         return sum(len(store.read(key).result().value) for key in store.list().result())
 
@@ -197,7 +201,7 @@ class Encoding:
                     archive.add(key, self._metadata)
                 else:
                     index = int(key[2:])
-                    data, crc = _done(self._chunks[index])
+                    data, crc = _chunk_result(self._chunks[index])
                     self._chunks[index] = None  # memory holds one copy of the blob
                     archive.add(key, data, crc)
                 yield from pieces.take()
@@ -211,9 +215,10 @@ class Encoding:
         yield from pieces.take()
 
 
-def _done(chunk: Future[tuple[bytes, int]] | None) -> tuple[bytes, int]:
+def _chunk_result(chunk: Future[tuple[bytes, int]] | None) -> tuple[bytes, int]:
+    """A compressed chunk and its CRC-32, once compressed (None: taken by ``pieces()``)."""
     if chunk is None:
-        raise RuntimeError("an encoding's pieces are taken once")
+        raise RuntimeError("an encoding's chunks are gone once its pieces are taken")
     return chunk.result()
 
 
@@ -273,7 +278,9 @@ def _compress_chunk(
 class _BlockSize:
     """c-blosc's block size is one setting of the process, which each compression reads as
     it starts (python-blosc takes no block size per call): compressions that need the same
-    size run together, ones that need another wait until they are done, then set it."""
+    size run together, ones that need another wait until they are done, then set it. It is
+    set before every compression after a pause, so a caller of python-blosc's own
+    ``set_blocksize`` in this process changes nothing git-theta writes."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
@@ -285,7 +292,7 @@ class _BlockSize:
         with self._changed:
             while self._users and self._size != size:
                 self._changed.wait()
-            if self._size != size:
+            if not self._users:
                 (_blosc_module or _blosc()).set_blocksize(size)
                 self._size = size
             self._users += 1
@@ -300,18 +307,27 @@ class _BlockSize:
 
 _BLOCK_SIZE = _BlockSize()
 _pool_lock = threading.Lock()
-_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool: ThreadPoolExecutor | None = None
 
 
 def _codec_pool() -> ThreadPoolExecutor:
-    """The threads that compress chunks, one per core, made at first use (and made again
-    in a forked child, which has none of its parent's threads)."""
+    """The threads that compress chunks, one per core, made at first use."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            workers = os.cpu_count() or 1
-            _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="theta-codec"))
-        return _pool[1]
+        if _pool is None:
+            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="theta-codec")
+        return _pool
+
+
+def _forked() -> None:
+    """A forked child has none of its parent's threads, and may have copied a lock or a
+    block size in use: it starts afresh."""
+    global _BLOCK_SIZE, _pool_lock, _pool
+    _BLOCK_SIZE, _pool_lock, _pool = _BlockSize(), threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 class _Pieces:

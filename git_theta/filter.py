@@ -293,10 +293,7 @@ def smudge(
     if getattr(fmt, "writes_buffers", False):
         load = functools.partial(load_bytes, new=spares.take)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        loader = _AheadLoader(
-            manifest, store, pool, load, window=max(2, threads + 1), progress=progress
-        )
-        loader.spares = spares
+        loader = _AheadLoader(manifest, store, pool, load, max(2, threads + 1), progress, spares)
         tensors = {
             name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
             for name, rec in manifest.tensors.items()
@@ -359,6 +356,7 @@ class _AheadLoader:
         load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray],
         window: int,
         progress: Progress | None = None,
+        spares: _Spares | None = None,
     ) -> None:
         self.load_one = load
         self.progress = progress
@@ -373,7 +371,7 @@ class _AheadLoader:
         self._pending: dict[str, Future[bytearray | np.ndarray]] = {}
         self._ahead = 0  # bytes of the tensors pending
         self._done: set[str] = set()
-        self.spares: _Spares | None = None  # where buffers the writer is done with go
+        self.spares = spares  # where buffers the writer is done with go (for ``load``)
         self._lent: list[bytearray] = []  # buffers handed to the writer, maybe still in use
 
     def _submit_ahead(self) -> None:
@@ -408,13 +406,18 @@ class _AheadLoader:
 
     def _reclaim(self) -> None:
         """Hands the buffers lent to the writer that nothing holds any more (the writer is
-        done with them) to the spares."""
-        if self.spares is None:
+        done with them) to the spares. A buffer is unheld when its reference count is that
+        of a probe held the same way, by a list and this loop (measured, not assumed: how
+        many references ``getrefcount`` itself adds differs between Python versions)."""
+        if self.spares is None or not self._lent:
             return
+        unheld = None
         still = []
-        for buffer in self._lent:
-            # referenced by the list, this loop and getrefcount's argument only: by no one
-            if sys.getrefcount(buffer) <= 3:
+        for buffer in [bytearray(), *self._lent]:
+            count = sys.getrefcount(buffer)
+            if unheld is None:
+                unheld = count + 1  # the lent buffers are in ``self._lent`` too
+            elif count <= unheld:
                 self.spares.give(buffer)
             else:
                 still.append(buffer)

@@ -8,8 +8,9 @@ the ratio git-theta / Git LFS, the peak RSS of the largest process (git or its f
 wait4, as /usr/bin/time reports it), and the size of .git after each commit. Every checkout
 is verified bit-exact. Every timed step starts after `sync`, so writeback of what earlier
 steps wrote does not land on the next one, and each tool's run deletes what it wrote when
-it ends, so the next run does not start with memory full of its files. git-theta's modules are byte-compiled first, as
-an install would leave them. Ratios are printed, never asserted.
+it ends, so the next run does not start with memory full of its files. git-theta's
+modules are byte-compiled first, as an install would leave them. Ratios are printed, never
+asserted.
 
     python scripts/bench.py            # 50 MB and 498 MB workloads, .pt and safetensors, 3 runs
     python scripts/bench.py --quick    # a few MB, 1 run: keeps the script working (CI)

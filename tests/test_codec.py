@@ -185,6 +185,26 @@ def test_encodings_on_many_threads_each_get_their_own_block_size() -> None:
         assert (blocks == {codec.CHUNK_BYTES}) == (cname == "zstd")
 
 
+@pytest.mark.timeout(60)
+def test_a_forked_child_encodes_on_threads_of_its_own() -> None:
+    import os
+
+    words = np.random.default_rng(2).standard_normal(3 << 18, dtype=np.float32).view("<u4")
+    expected = blob_of(words, 1, "zstd")  # the parent's codec threads exist now
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's outcome is its exit status)
+        os._exit(0 if blob_of(words, 1, "zstd") == expected else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("clevel", [-1, 10])
+def test_a_blosc_level_out_of_range_is_refused_before_anything_is_encoded(clevel: int) -> None:
+    with pytest.raises(ValueError) as info:
+        codec.Encoding(np.zeros(0, "<u4"), clevel, "zstd")
+    assert str(info.value) == f"blosc compression level {clevel} is out of range (0 to 9)"
+
+
 def test_an_encoding_yields_its_pieces_once() -> None:
     encoding = codec.Encoding(np.arange(10, dtype="<u4"))
     assert b"".join(encoding.pieces())

@@ -801,6 +801,14 @@ def test_a_private_files_large_tensors_are_mapped_copy_on_write(tmp_path: Path) 
     assert small.base is None
     mapped[:] = 0  # writable, as a read array is, and the file keeps its bytes
     assert path.read_bytes() == data.tobytes()
+
+    def refused(*args: Any, **kwargs: Any) -> mmap.mmap:
+        raise OSError(19, "No such device")  # as some file systems answer
+
+    with pytest.MonkeyPatch.context() as mp:  # a file that cannot be mapped is read
+        mp.setattr(mmap, "mmap", refused)
+        unmapped = base.read_range(private, offset, size)
+        assert unmapped.base is None and unmapped.tobytes() == copied.tobytes()
     for reader in (shared, private):  # a range past the end: the same error either way
         with pytest.raises(EOFError) as info:
             base.read_range(reader, (3 << 20) - 100, size)

@@ -108,7 +108,8 @@ def test_checkout_reuses_the_buffers_the_writer_is_done_with_and_never_one_it_ho
     gen = torch.Generator().manual_seed(4)
     layers = {f"layer{i}.weight": torch.randn(512, 1024, generator=gen) for i in range(10)}
     torch.save({**layers, "bias": torch.randn(7, generator=gen)}, tmp_path / "model.pt")
-    store, config = ObjectStore(tmp_path / "lfs"), theta_config.load({})
+    store = ObjectStore(tmp_path / "lfs")
+    config = theta_config.load({"theta.threads": "2"})  # decoding 3 tensors ahead
     manifest = Manifest.from_bytes(theta_filter.clean(tmp_path / "model.pt", None, store, config))
     reused = []
 
@@ -137,9 +138,8 @@ def test_checkout_reuses_the_buffers_the_writer_is_done_with_and_never_one_it_ho
             return getattr(pytorch, name)
 
         def write(self, spec: Any, tensors: Any, aliases: Any, out: Any) -> None:
-            buffers = {name: t.load() for name, t in tensors.items()}
+            buffers = {name: t.load() for name, t in tensors.items()}  # all held at once
             held.update({name: bytes(b) for name, b in buffers.items()})
-            assert all(bytes(buffers[name]) == held[name] for name in buffers)
 
     monkeypatch.setattr(theta_filter.formats, "get", lambda name: Hoarding())
     reused.clear()

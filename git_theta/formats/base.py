@@ -59,7 +59,9 @@ def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
     not a copy (a file another process may truncate is never mapped: reading a page past
     its new end would kill this process)."""
     if file.private and size >= MAP_MIN_BYTES:
-        return _mapped_range(file, offset, size)
+        mapped = _mapped_range(file, offset, size)
+        if mapped is not None:
+            return mapped
     buffer = np.empty(size, dtype=np.uint8)
     view = buffer.data
     done = 0
@@ -71,14 +73,19 @@ def read_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
     return buffer
 
 
-def _mapped_range(file: SharedFile, offset: int, size: int) -> np.ndarray:
+def _mapped_range(file: SharedFile, offset: int, size: int) -> np.ndarray | None:
+    """The range mapped, or None where the file cannot be mapped (some file systems refuse):
+    it is read instead."""
     import mmap
 
     short = offset + size - os.fstat(file.fd).st_size
     if short > 0:
         raise EOFError(f"file ends {min(short, size)} bytes early")
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    mapped = mmap.mmap(file.fd, offset + size - start, access=mmap.ACCESS_COPY, offset=start)
+    try:
+        mapped = mmap.mmap(file.fd, offset + size - start, access=mmap.ACCESS_COPY, offset=start)
+    except (OSError, ValueError):
+        return None
     return np.frombuffer(mapped, np.uint8, size, offset - start)  # unmapped with the array
 
 

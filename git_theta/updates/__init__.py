@@ -77,7 +77,7 @@ def compressor(dtype_name: str, nbytes: int, config: Config) -> str:
 
 
 def start_encode(words: np.ndarray, config: Config, dtype_name: str) -> codec.Encoding:
-    """Start compressing a changed tensor's canonical ``words`` on tensorstore's threads (a
+    """Start compressing a changed tensor's canonical ``words`` on the codec's threads (a
     caller may hash them meanwhile); ``finish`` stores the result."""
     cname = compressor(dtype_name, words.nbytes, config)
     return codec.Encoding(words, config.compression_level, cname)
@@ -123,7 +123,7 @@ def store_tensor(
 ) -> TensorRecord:
     """Encode and store a changed tensor's canonical ``words``; returns its record. The
     identity hash (unless ``digest`` already is it), its BLAKE3 (unless ``check`` is) and
-    its CRC-32 (unless ``crc`` is) are computed while tensorstore's threads compress.
+    its CRC-32 (unless ``crc`` is) are computed while the codec's threads compress.
 
     ``base``: the record of the tensor's previous version, which delta encodings may apply
     to (see ``theta.updateType``); it is used only when it has the same dtype and shape, its
