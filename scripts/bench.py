@@ -3,12 +3,13 @@
 For each workload (seeded checkpoints shaped like real models) and each tool, in fresh
 repositories: first `git add`, commit, one tensor changed, 1% of the entries of every tensor
 changed, every tensor changed, checkout of the first version, checkout of HEAD, and a clone
-from a local LFS server (giftless). Per step it prints the median wall time over the runs,
+from a local LFS server (giftless). Each step is timed for both tools back to back, the
+tool that goes first alternating between runs. Per step it prints the median wall time over the runs,
 the ratio git-theta / Git LFS, the peak RSS of the largest process (git or its filter; from
 wait4, as /usr/bin/time reports it), and the size of .git after each commit. Every checkout
 is verified bit-exact. Every timed step starts after `sync`, so writeback of what earlier
-steps wrote does not land on the next one, and each tool's run deletes what it wrote when
-it ends, so the next run does not start with memory full of its files. git-theta's
+steps wrote does not land on the next one, and each run deletes what it wrote when it
+ends, so the next run does not start with memory full of its files. git-theta's
 modules are byte-compiled first, as an install would leave them. Ratios are printed, never
 asserted.
 
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,23 +192,25 @@ def same_checkpoint(a: Path, b: Path) -> bool:
     )
 
 
-def bench_tool(
-    tool: str,
-    w: Workload,
-    versions: list[Path],
-    work: Path,
-    server: LfsServer,
-    env: dict[str, str],
-    results: dict[str, Measure],
-) -> None:
-    repo = work / f"{tool}-repo"
-    bare = work / f"{tool}-remote.git"
-    for p in (repo, bare):
+@dataclass
+class Side:
+    """One tool's repository, remote and clone in a run."""
+
+    tool: str
+    repo: Path
+    bare: Path
+    clone: Path
+    url: str
+    git: list[str]
+
+
+def _side(tool: str, w: Workload, work: Path, server: LfsServer, env: dict[str, str]) -> Side:
+    repo, bare, clone = work / f"{tool}-repo", work / f"{tool}-remote.git", work / f"{tool}-clone"
+    for p in (repo, bare, clone):
         shutil.rmtree(p, ignore_errors=True)
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
     subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=env)
     url = f"{server.url}-{tool}-{w.name}"
-    git = ["git", "-c", f"lfs.{url}.locksverify=false"]
     subprocess.run(
         ["git", tool, "track", w.filename], cwd=repo, check=True, env=env, capture_output=True
     )
@@ -214,46 +218,69 @@ def bench_tool(
     subprocess.run(["git", "add", ".gitattributes", ".lfsconfig"], cwd=repo, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "-m", "track"], cwd=repo, check=True, env=env)
     subprocess.run(["git", "remote", "add", "origin", str(bare)], cwd=repo, check=True, env=env)
-    target = repo / w.filename
+    return Side(tool, repo, bare, clone, url, ["git", "-c", f"lfs.{url}.locksverify=false"])
 
-    def step(name: str, args: list[str], cwd: Path = repo) -> None:
-        # start every timed step with no dirty pages from earlier steps (of either tool)
-        # still being written back
-        os.sync()
-        seconds, rss = run(args, cwd, env)
-        m = results.setdefault(name, Measure())
-        m.seconds.append(seconds)
-        m.rss_kb = max(m.rss_kb, rss)
+
+def bench_run(
+    tools: tuple[str, str],
+    w: Workload,
+    versions: list[Path],
+    work: Path,
+    server: LfsServer,
+    env: dict[str, str],
+    results: dict[str, dict[str, Measure]],
+) -> None:
+    """One run of every step, each step timed for both tools back to back (in the order
+    ``tools`` gives), so that a slow spell of the machine falls on both."""
+    sides = [_side(tool, w, work, server, env) for tool in tools]
+
+    def step(name: str, command: Callable[[Side], list[str]], in_work: bool = False) -> None:
+        for side in sides:
+            # start every timed step with no dirty pages from earlier steps (of either
+            # tool) still being written back
+            os.sync()
+            seconds, rss = run(command(side), work if in_work else side.repo, env)
+            m = results[side.tool].setdefault(name, Measure())
+            m.seconds.append(seconds)
+            m.rss_kb = max(m.rss_kb, rss)
+
+    def check(name: str, path: Callable[[Side], Path], version: Path) -> None:
+        for side in sides:
+            if not same_checkpoint(path(side), version):
+                raise SystemExit(f"bench: {side.tool} {name} is not bit-exact")
 
     for i, (name, version) in enumerate(
         zip(["add v1", "add 1 tensor", "add 1% each", "add all"], versions, strict=True)
     ):
-        shutil.copyfile(version, target)
-        step(name, [*git, "add", w.filename])
+        for side in sides:
+            shutil.copyfile(version, side.repo / w.filename)
+        step(name, lambda side: [*side.git, "add", w.filename])
         commit = "commit v1" if i == 0 else f"commit {name}"
-        step(commit, [*git, "commit", "-q", "-m", name])
-        results[commit].git_size = du(repo / ".git")
-        if i == 0:
-            subprocess.run(["git", "tag", "v1"], cwd=repo, check=True, env=env)
-    step("checkout v1", [*git, "checkout", "v1", "--", w.filename])
-    if not same_checkpoint(target, versions[0]):
-        raise SystemExit(f"bench: {tool} checkout of v1 is not bit-exact")
-    step("checkout HEAD", [*git, "checkout", "HEAD", "--", w.filename])
-    if not same_checkpoint(target, versions[-1]):
-        raise SystemExit(f"bench: {tool} checkout of HEAD is not bit-exact")
-    subprocess.run(
-        [*git, "push", "-q", "origin", "main"], cwd=repo, check=True, env=env, capture_output=True
-    )
-    clone = work / f"{tool}-clone"
-    shutil.rmtree(clone, ignore_errors=True)
-    step("clone", [*git, "clone", "-q", str(bare), str(clone)], cwd=work)
-    if not same_checkpoint(clone / w.filename, versions[-1]):
-        raise SystemExit(f"bench: {tool} clone is not bit-exact")
-    # what this run wrote goes, page cache with it: the next run, of either tool, starts
-    # with as much free memory as this one did, not with the kernel reclaiming the other
-    # tool's files at every page it takes
-    for p in (repo, bare, clone, server.storage / urllib.parse.urlparse(url).path.strip("/")):
-        shutil.rmtree(p, ignore_errors=True)
+        step(commit, lambda side, message=name: [*side.git, "commit", "-q", "-m", message])
+        for side in sides:
+            results[side.tool][commit].git_size = du(side.repo / ".git")
+            if i == 0:
+                subprocess.run(["git", "tag", "v1"], cwd=side.repo, check=True, env=env)
+    step("checkout v1", lambda side: [*side.git, "checkout", "v1", "--", w.filename])
+    check("checkout of v1", lambda side: side.repo / w.filename, versions[0])
+    step("checkout HEAD", lambda side: [*side.git, "checkout", "HEAD", "--", w.filename])
+    check("checkout of HEAD", lambda side: side.repo / w.filename, versions[-1])
+    for side in sides:
+        subprocess.run(
+            [*side.git, "push", "-q", "origin", "main"],
+            cwd=side.repo,
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+    step("clone", lambda side: [*side.git, "clone", "-q", str(side.bare), str(side.clone)], True)
+    check("clone", lambda side: side.clone / w.filename, versions[-1])
+    # what this run wrote goes, page cache with it: the next run starts with as much free
+    # memory as this one did, not with the kernel reclaiming this one's files at every page
+    for side in sides:
+        storage = server.storage / urllib.parse.urlparse(side.url).path.strip("/")
+        for p in (side.repo, side.bare, side.clone, storage):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def fmt_size(n: float) -> str:
@@ -789,12 +816,11 @@ def main() -> None:
                 data = work / f"data-{w.name}-{w.fmt}"
                 data.mkdir()
                 versions = make_versions(w, data)
-                theta: dict[str, Measure] = {}
-                lfs: dict[str, Measure] = {}
-                for _ in range(runs):
-                    bench_tool("lfs", w, versions, work, server, env, lfs)
-                    bench_tool("theta", w, versions, work, server, env, theta)
-                report(w, versions[0].stat().st_size, theta, lfs)
+                results: dict[str, dict[str, Measure]] = {"theta": {}, "lfs": {}}
+                for r in range(runs):  # which tool goes first alternates
+                    tools = ("lfs", "theta") if r % 2 == 0 else ("theta", "lfs")
+                    bench_run(tools, w, versions, work, server, env, results)
+                report(w, versions[0].stat().st_size, results["theta"], results["lfs"])
                 shutil.rmtree(data)
         finally:
             server.stop()

@@ -208,7 +208,7 @@ def test_a_blosc_level_out_of_range_is_refused_before_anything_is_encoded(clevel
 def test_an_encoding_yields_its_pieces_once() -> None:
     encoding = codec.Encoding(np.arange(10, dtype="<u4"))
     assert b"".join(encoding.pieces())
-    with pytest.raises(RuntimeError, match="taken once"):
+    with pytest.raises(RuntimeError, match="gone once its pieces are taken"):
         list(encoding.pieces())
 
 
