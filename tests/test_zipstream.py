@@ -147,3 +147,17 @@ def test_checkout_reuses_the_buffers_the_writer_is_done_with_and_never_one_it_ho
     assert not any(reused)
     for name, tensor in layers.items():
         assert held[name] == tensor.numpy().tobytes()
+
+
+@pytest.mark.parametrize(
+    ("cores", "setting", "decoding"), [(2, 2, 1), (8, 8, 7), (8, 2, 2), (1, 4, 1), (4, 1, 1)]
+)
+def test_a_checkout_decodes_on_one_core_fewer_than_git_has(
+    cores: int, setting: int, decoding: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import filter as theta_filter
+    from git_theta.config import Config
+
+    monkeypatch.setattr(theta_filter.os, "cpu_count", lambda: cores)
+    config = Config(threads=setting, compression="auto", compression_level=None, skip_smudge=False)
+    assert theta_filter.decode_threads(config) == decoding
