@@ -41,7 +41,13 @@ from git_theta.errors import (
 )
 from git_theta.formats import TensorData
 from git_theta.formats.whole import TEXT_MAX_BYTES, is_small_text
-from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, TensorRecord, parse_if_manifest
+from git_theta.manifest import (
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    TensorRecord,
+    chain,
+    parse_if_manifest,
+)
 from git_theta.store import ObjectStore
 from git_theta.tensors import as_words, content_hash, identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
@@ -267,10 +273,14 @@ def _load(
     raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
 
 
-def decode_threads(config: Config) -> int:
-    """Threads decoding ahead of a checkout's writer: ``theta.threads``, but one core is left
-    to git, which reads everything the filter writes and then writes the file (on 2 cores,
-    a checkout of a 498 MB `.pt` took 1.07 s with one decoding thread, 1.22 s with two)."""
+def decode_threads(config: Config, manifest: Manifest) -> int:
+    """Threads decoding ahead of a checkout's writer: ``theta.threads``, but when every
+    tensor is stored whole one core is left to git, which reads everything the filter
+    writes and then writes the file (one thread decodes whole tensors faster than git reads
+    them: on 2 cores a checkout of a 498 MB `.pt` took 1.07 s with one, 1.22 s with two).
+    Rebuilding a tensor from a chain of updates costs more: it gets every thread."""
+    if any(chain(record.storage)[0] for record in manifest.tensors.values()):
+        return max(1, config.threads)
     return max(1, min(config.threads, (os.cpu_count() or 1) - 1))
 
 
@@ -287,14 +297,14 @@ def smudge(
     When objects are not local, ``fetch(manifest)`` is called to get them; raises
     ObjectMissingError, before writing anything, when some are still missing. Tensors are
     decoded and verified ahead of the writer, in the order it consumes them, on
-    ``decode_threads(config)`` threads.
+    ``decode_threads`` threads.
     """
     if fetch is not None and missing_objects(manifest, store):
         fetch(manifest)
     missing = missing_objects(manifest, store)
     if missing:
         raise ObjectMissingError(missing)
-    threads = decode_threads(config)
+    threads = decode_threads(config, manifest)
     fmt = formats.get(manifest.format["name"])
     spares = _Spares(SPARE_BYTES)
     load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray] = load_tensor

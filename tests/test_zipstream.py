@@ -158,6 +158,14 @@ def test_a_checkout_decodes_on_one_core_fewer_than_git_has(
     from git_theta import filter as theta_filter
     from git_theta.config import Config
 
+    from git_theta.manifest import Dense, Manifest, ObjectRef, TensorRecord, Xor
+
     monkeypatch.setattr(theta_filter.os, "cpu_count", lambda: cores)
     config = Config(threads=setting, compression="auto", compression_level=None, skip_smudge=False)
-    assert theta_filter.decode_threads(config) == decoding
+    dense = Dense(ObjectRef("a" * 64, 10))
+    whole = TensorRecord("float32", (2,), "b" * 64, dense)
+    assert theta_filter.decode_threads(config, Manifest({}, {"w": whole})) == decoding
+    # a tensor rebuilt from a chain of updates costs more to decode than git to read
+    xor = TensorRecord("float32", (2,), "c" * 64, Xor((dense.object,), "b" * 64, dense))
+    chained = Manifest({}, {"w": whole, "x": xor})
+    assert theta_filter.decode_threads(config, chained) == setting
