@@ -157,7 +157,6 @@ def test_a_checkout_decodes_on_one_core_fewer_than_git_has(
 ) -> None:
     from git_theta import filter as theta_filter
     from git_theta.config import Config
-
     from git_theta.manifest import Dense, Manifest, ObjectRef, TensorRecord, Xor
 
     monkeypatch.setattr(theta_filter.os, "cpu_count", lambda: cores)
