@@ -20,7 +20,6 @@ replaces that copy. A read-only store still serves the objects it has.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -61,6 +60,8 @@ def valid_oid(oid: str) -> bool:
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, read in pieces."""
+    import hashlib  # here, not at the top: a checkout of sound objects never hashes them
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_READ):
@@ -132,6 +133,8 @@ class ObjectStore:
 
     def _put(self, chunks: Iterable[bytes | memoryview]) -> ObjectRef:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        import hashlib
+
         digest = hashlib.sha256()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix=TMP_PREFIX)
@@ -298,6 +301,8 @@ class ObjectStore:
         do not hash to ``oid``.
         """
         data = self.path(oid).read_bytes()
+        import hashlib
+
         if hashlib.sha256(data).hexdigest() != oid:
             self.verify(oid)  # raises, with the message
         return data

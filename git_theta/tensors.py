@@ -7,7 +7,6 @@ width, so that encoding and decoding are bit-exact for floats, NaNs and all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zlib
@@ -152,6 +151,8 @@ def identity_hash(
     It does not depend on how or where the tensor is stored, so two tensors with the same
     hash are the same tensor bit for bit.
     """
+    import hashlib  # here: a checkout verifies by BLAKE3 and never needs it (3-7 ms to load)
+
     header, view = _framed(dtype_name, shape, data)
     digest = hashlib.sha256(b"git-theta tensor v1\0" + header)
     digest.update(view)
