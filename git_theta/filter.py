@@ -414,8 +414,12 @@ class _AheadLoader:
             self._ahead -= self.manifest.tensors[name].nbytes
             result = future.result()
             self._submit_ahead()
-        if isinstance(result, bytearray) and len(result) >= SPARE_MIN_BYTES:
-            self._lent.append(result)
+        if (
+            self.spares is not None
+            and isinstance(result, bytearray)
+            and len(result) >= SPARE_MIN_BYTES
+        ):
+            self._lent.append(result)  # kept only to be reclaimed into the spares
         if self.progress is not None:
             self.done_bytes += self.manifest.tensors[name].nbytes
             total = len(self.manifest.tensors)
