@@ -469,40 +469,112 @@ def decode_direct(
 
 def _decode_into(path: Path, itemsize: int, words: int, new: Callable[[int], Any]) -> Any:
     """``decode_direct`` into the writable byte buffer ``new(nbytes)`` makes."""
-    if sys.byteorder != "little":
-        return None
     try:
         with open(path, "rb") as f:
-            archive = _Archive(f)
-            meta = archive.member("zarr.json")
-            rows = _words_layout(None if meta is None else bytes(meta), itemsize, words)
-            if rows is None:
+            reader = _WordsReader.open(f, itemsize, words)
+            if reader is None:
                 return None
-            _check_budget(words * itemsize)
-            chunk = rows * itemsize
-            count = -(-words // rows)
-            if not all(archive.stored(f"c/{index}", _BLOSC_HEADER.size) for index in range(count)):
-                return None  # a chunk is missing: found before memory is taken for the data
-            out = new(words * itemsize)
+            out = new(reader.nbytes)
             view = memoryview(out)
-            for index, start in enumerate(range(0, len(out), chunk)):
-                data = archive.member(f"c/{index}")  # listed above with a full header
-                if data is None:
+            for index, start in enumerate(range(0, reader.nbytes, reader.chunk)):
+                if not reader.decode(index, view[start : start + reader.chunk]):
                     return None
-                nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(data)
-                if nbytes != chunk or cbytes != len(data):
-                    return None  # c-blosc writes what the header claims: checked first
-                if start + chunk <= len(out):
-                    if not _unblosc(data, view[start : start + chunk]):
-                        return None
-                else:  # the last chunk is padded to the chunk's length
-                    scratch = bytearray(chunk)
-                    if not _unblosc(data, memoryview(scratch)):
-                        return None
-                    view[start:] = memoryview(scratch)[: len(out) - start]
             return out
-    except (OSError, ValueError, EOFError, OverflowError, struct.error, zipfile.BadZipFile):
+    except _READ_ERRORS:
         return None
+
+
+_READ_ERRORS = (OSError, ValueError, EOFError, OverflowError, struct.error, zipfile.BadZipFile)
+
+
+class Undecodable(Exception):
+    """A chunk of an object that ``open_pieces`` opened does not decode directly (it is not
+    exactly as git-theta writes one, or it is damaged): the caller decodes the object whole,
+    which reports what is wrong."""
+
+
+def open_pieces(path: Path, itemsize: int, words: int) -> Iterator[memoryview] | None:
+    """The bytes of a stored object in the words layout, chunk by chunk, as views of one
+    chunk-sized buffer that each next chunk overwrites (take each before asking for the
+    next); None, before anything is decoded, when the object is in another layout or not as
+    git-theta writes one. Raises Undecodable from the iteration when a chunk does not decode
+    (the views given until then hold the bytes the chunks' headers promised). Checkout streams
+    a large tensor this way: its first bytes reach git while the rest are decoded, and no
+    buffer of the tensor's size is made."""
+    if sys.byteorder != "little":
+        return None
+    f = open(path, "rb")  # noqa: SIM115  (closed by the iteration, or here)
+    try:
+        reader = _WordsReader.open(f, itemsize, words)
+    except _READ_ERRORS:
+        reader = None
+    except BaseException:
+        f.close()
+        raise
+    if reader is None:
+        f.close()
+        return None
+    return _pieces(f, reader)
+
+
+def _pieces(f: Any, reader: _WordsReader) -> Iterator[memoryview]:
+    with f:
+        scratch = memoryview(bytearray(reader.chunk))
+        for index, start in enumerate(range(0, reader.nbytes, reader.chunk)):
+            piece = scratch[: min(reader.chunk, reader.nbytes - start)]
+            try:
+                decoded = reader.decode(index, piece)
+            except _READ_ERRORS as exc:
+                raise Undecodable(f"chunk {index}: {exc}") from exc
+            if not decoded:
+                raise Undecodable(f"chunk {index} does not decode")
+            yield piece
+
+
+class _WordsReader:
+    """An object in the words layout, open for decoding chunk by chunk: its layout and every
+    chunk's presence checked first, before any memory is taken for the data."""
+
+    def __init__(self, archive: _Archive, chunk: int, nbytes: int) -> None:
+        self.archive = archive
+        self.chunk = chunk  # bytes per chunk (the last one is padded to it)
+        self.nbytes = nbytes
+
+    @classmethod
+    def open(cls, f: Any, itemsize: int, words: int) -> _WordsReader | None:
+        """The reader of the object open as ``f``, or None when it is not in the words layout
+        exactly as git-theta writes it. Raises CorruptObjectError for one claiming more data
+        than this process may hold."""
+        if sys.byteorder != "little":
+            return None
+        archive = _Archive(f)
+        meta = archive.member("zarr.json")
+        rows = _words_layout(None if meta is None else bytes(meta), itemsize, words)
+        if rows is None:
+            return None
+        _check_budget(words * itemsize)
+        count = -(-words // rows)
+        if not all(archive.stored(f"c/{index}", _BLOSC_HEADER.size) for index in range(count)):
+            return None  # a chunk is missing: found before memory is taken for the data
+        return cls(archive, rows * itemsize, words * itemsize)
+
+    def decode(self, index: int, out: memoryview) -> bool:
+        """Decodes chunk ``index`` into ``out`` (the chunk's bytes, or the first of them for
+        the last chunk, which is padded); False when it is not as its header claims or
+        c-blosc refuses it."""
+        data = self.archive.member(f"c/{index}")  # listed with a full header: checked at open
+        if data is None:
+            return False
+        nbytes, _, cbytes = _BLOSC_HEADER.unpack_from(data)
+        if nbytes != self.chunk or cbytes != len(data):
+            return False  # c-blosc writes what the header claims: checked first
+        if len(out) == self.chunk:
+            return _unblosc(data, out)
+        scratch = bytearray(self.chunk)  # the last chunk is padded to the chunk's length
+        if not _unblosc(data, memoryview(scratch)):
+            return False
+        out[:] = memoryview(scratch)[: len(out)]
+        return True
 
 
 # an object this small is read whole, in one call; a larger one member by member

@@ -17,18 +17,18 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, cast
 
 if TYPE_CHECKING:
     import numpy as np
 else:
     from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
-from git_theta import formats, updates
+from git_theta import codec, formats, updates
 from git_theta.codec import memory_budget
 from git_theta.config import Config
 from git_theta.errors import (
@@ -49,7 +49,7 @@ from git_theta.manifest import (
     parse_if_manifest,
 )
 from git_theta.store import ObjectStore
-from git_theta.tensors import as_words, content_hash, identity_hash
+from git_theta.tensors import as_words, byte_view, content_hash, content_hasher, identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
 
 
@@ -242,7 +242,20 @@ def _load(
     store: ObjectStore,
     decode: Callable[[TensorRecord, ObjectStore], bytearray | np.ndarray],
 ) -> bytearray | np.ndarray:
-    for obj in record.objects:  # each object's bytes against its oid, as it is read
+    _check_sound(name, record, store)
+    try:
+        words = decode(record, store)
+        if updates.matches(record, words):
+            return words
+        failure: ThetaError = _mismatch(record)
+    except CorruptObjectError as exc:
+        failure = exc
+    _raise_failure(name, record, store, failure)
+
+
+def _check_sound(name: str, record: TensorRecord, store: ObjectStore) -> None:
+    """Each object of the tensor against its oid, unless the store knows it to be sound."""
+    for obj in record.objects:
         if not store.is_sound(obj):
             try:
                 store.verify(obj.oid)
@@ -253,24 +266,77 @@ def _load(
                 f"bytes, not the {obj.size} its manifest records: run "
                 "`git theta fsck --fetch` to download a good copy"
             )
-    try:
-        words = decode(record, store)
-        if updates.matches(record, words):
-            return words
-        oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
-        failure: ThetaError = HashMismatchError(
-            f"rebuilt from object {oids}, it does not match its recorded hash, though the "
-            "objects are sound: the manifest is damaged (check it out again from a good commit)"
-        )
-    except CorruptObjectError as exc:
-        failure = exc
+
+
+def _mismatch(record: TensorRecord) -> ThetaError:
+    oids = ", ".join(f"{o.oid[:12]}…" for o in record.objects)
+    return HashMismatchError(
+        f"rebuilt from object {oids}, it does not match its recorded hash, though the "
+        "objects are sound: the manifest is damaged (check it out again from a good commit)"
+    )
+
+
+def _raise_failure(
+    name: str, record: TensorRecord, store: ObjectStore, failure: ThetaError
+) -> NoReturn:
+    """Raises CorruptObjectError for the tensor: an object that does not match its oid when
+    one does not (the clearer message), else ``failure``."""
     for obj in record.objects:
         try:
-            store.read(obj.oid)  # a blob that does not match its oid is the clearer message
+            store.read(obj.oid)
         except CorruptObjectError as exc:
             failure = exc
             break
     raise CorruptObjectError(f"tensor `{name}`: {failure}") from failure
+
+
+# a tensor stored whole of at least this many bytes goes to a writer that takes pieces
+# (``writes_pieces``) chunk by chunk as it decodes, on the writer's thread, instead of being
+# decoded whole ahead of it: git gets its first bytes at once, not after the whole tensor
+STREAM_MIN_BYTES = 16 << 20
+
+
+def streams(record: TensorRecord) -> bool:
+    """Whether checkout streams the tensor (``stream_bytes``): a large one stored whole, with
+    a BLAKE3 to verify it by as it goes and the CRC-32 a zip writer needs before its data."""
+    return (
+        record.nbytes >= STREAM_MIN_BYTES
+        and record.blake3 is not None
+        and record.crc32 is not None
+        and not chain(record.storage)[0]
+    )
+
+
+def stream_bytes(name: str, record: TensorRecord, store: ObjectStore) -> Iterator[memoryview]:
+    """The tensor's canonical bytes in pieces, in order, each overwritten by the next (take
+    each before asking for the next), hashed as they go. The tensor is verified when its
+    last piece has been taken: a mismatch then raises CorruptObjectError after the writer
+    has written the rest. Checkout's writers fail the whole file then (git discards what
+    the filter sent; ``checkout.rebuild`` removes its temporary file), as they do for any
+    tensor that fails. An object that does not decode piece by piece is decoded whole."""
+    _check_sound(name, record, store)
+    hasher = content_hasher(record.dtype, record.shape)
+    done = 0
+    pieces = updates.open_pieces(record, store)
+    if pieces is not None:
+        try:
+            for piece in pieces:
+                hasher.update(piece)
+                done += len(piece)
+                yield piece
+        except codec.Undecodable:
+            pass  # decoded whole below, from where the pieces stopped
+    if done == record.nbytes:
+        if hasher.hexdigest() != record.blake3:
+            _raise_failure(name, record, store, _mismatch(record))
+        return
+    whole = byte_view(load_bytes(name, record, store))  # verified, or raises
+    if done:  # what was sent must be what the whole decoding gives
+        sent = content_hasher(record.dtype, record.shape)
+        sent.update(whole[:done])
+        if sent.hexdigest() != hasher.hexdigest():
+            _raise_failure(name, record, store, _mismatch(record))
+    yield whole[done:]
 
 
 def decode_threads(config: Config, manifest: Manifest) -> int:
@@ -310,10 +376,20 @@ def smudge(
     load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray] = load_tensor
     if getattr(fmt, "writes_buffers", False):
         load = functools.partial(load_bytes, new=spares.take)
+    streamed = set()
+    if getattr(fmt, "writes_pieces", False):
+        streamed = {name for name, rec in manifest.tensors.items() if streams(rec)}
     with ThreadPoolExecutor(max_workers=threads) as pool:
         loader = _AheadLoader(manifest, store, pool, load, max(2, threads + 1), progress, spares)
+        loader.streamed = streamed
         tensors = {
-            name: TensorData(rec.dtype, rec.shape, functools.partial(loader.load, name), rec.crc32)
+            name: TensorData(
+                rec.dtype,
+                rec.shape,
+                functools.partial(loader.load, name),
+                rec.crc32,
+                functools.partial(loader.pieces, name) if name in streamed else None,
+            )
             for name, rec in manifest.tensors.items()
         }
         loader.order = fmt.write_order(manifest.format, tensors, manifest.aliases)
@@ -391,10 +467,14 @@ class _AheadLoader:
         self._done: set[str] = set()
         self.spares = spares  # where buffers the writer is done with go (for ``load``)
         self._lent: list[bytearray] = []  # buffers handed to the writer, maybe still in use
+        self.streamed: set[str] = set()  # tensors the writer takes in pieces (``pieces``)
 
     def _submit_ahead(self) -> None:
         while self._next < len(self.order) and len(self._pending) < AHEAD_MOST:
             name = self.order[self._next]
+            if name in self.streamed:  # decoded as the writer takes it
+                self._next += 1
+                continue
             record = self.manifest.tensors[name]
             if len(self._pending) >= self.window and self._ahead + record.nbytes > AHEAD_BYTES:
                 return
@@ -420,11 +500,23 @@ class _AheadLoader:
             and len(result) >= SPARE_MIN_BYTES
         ):
             self._lent.append(result)  # kept only to be reclaimed into the spares
+        self._report(name)
+        return result
+
+    def pieces(self, name: str) -> Iterator[memoryview]:
+        """A streamed tensor's bytes (``stream_bytes``), decoded on the writer's thread as it
+        takes them while the pool decodes the tensors after it."""
+        self._reclaim()
+        self._done.add(name)
+        self._submit_ahead()
+        yield from stream_bytes(name, self.manifest.tensors[name], self.store)
+        self._report(name)
+
+    def _report(self, name: str) -> None:
         if self.progress is not None:
             self.done_bytes += self.manifest.tensors[name].nbytes
             total = len(self.manifest.tensors)
             self.progress(len(self._done), total, self.done_bytes, self.total_bytes)
-        return result
 
     def _reclaim(self) -> None:
         """Hands the buffers lent to the writer that nothing holds any more (the writer is

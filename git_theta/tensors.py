@@ -11,7 +11,7 @@ import json
 import math
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -130,7 +130,6 @@ def _framed(
 ) -> tuple[bytes, memoryview]:
     """What a tensor's hashes cover: a header naming its dtype and shape, then its canonical
     bytes (checked to be as many as they must be)."""
-    header = json.dumps({"dtype": dtype_name, "shape": list(shape)}, separators=(",", ":"))
     view = byte_view(data)
     expected = nbytes(dtype_name, shape)
     if view.nbytes != expected:
@@ -138,7 +137,12 @@ def _framed(
             f"tensor data has {view.nbytes} bytes, but a {dtype_name} tensor of shape "
             f"{list(shape)} has {expected}"
         )
-    return header.encode() + b"\0", view
+    return _header(dtype_name, shape), view
+
+
+def _header(dtype_name: str, shape: tuple[int, ...] | list[int]) -> bytes:
+    header = json.dumps({"dtype": dtype_name, "shape": list(shape)}, separators=(",", ":"))
+    return header.encode() + b"\0"
 
 
 def identity_hash(
@@ -170,9 +174,19 @@ def content_hash(
     is, computed about five times as fast here (5.8 GB/s against sha256's 1.2 GB/s on one
     core), and, like sha256 in hashlib, with the GIL released."""
     header, view = _framed(dtype_name, shape, data)
-    digest = blake3.blake3(b"git-theta tensor blake3 v1\0" + header)
+    digest = blake3.blake3(_BLAKE3_PREFIX + header)
     digest.update(view)
     return digest.hexdigest()
+
+
+_BLAKE3_PREFIX = b"git-theta tensor blake3 v1\0"
+
+
+def content_hasher(dtype_name: str, shape: tuple[int, ...] | list[int]) -> Any:
+    """A BLAKE3 hasher that has taken what ``content_hash`` covers before the tensor's bytes:
+    given all of them, in order (``update``), its ``hexdigest()`` is the content hash. For a
+    tensor hashed piece by piece as it streams."""
+    return blake3.blake3(_BLAKE3_PREFIX + _header(dtype_name, shape))
 
 
 def crc32(words: np.ndarray) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -76,17 +76,32 @@ def member_data_offset(f: BinaryIO, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _sized(data: bytes | memoryview | int, crc: int | None) -> tuple[memoryview | int, int]:
-    """A member's data as bytes (or its size alone, which needs the CRC-32), and its size."""
-    if isinstance(data, int):
+class Streamed:
+    """A member's data in pieces, written in order as they are taken (each before the next:
+    a piece may be overwritten by the next), and its size. Its CRC-32 goes beside it."""
+
+    __slots__ = ("pieces", "nbytes")
+
+    def __init__(self, pieces: Iterable[memoryview], nbytes: int) -> None:
+        self.pieces = pieces
+        self.nbytes = nbytes
+
+
+Data = bytes | memoryview | int | Streamed
+
+
+def _sized(data: Data, crc: int | None) -> tuple[memoryview | int | Streamed, int]:
+    """A member's data as bytes (or its size alone, or its pieces, which need the CRC-32),
+    and its size."""
+    if isinstance(data, (int, Streamed)):
         if crc is None:
-            raise TypeError("a member given by its size needs its CRC-32")
-        return data, data
+            raise TypeError("a member given by its size or in pieces needs its CRC-32")
+        return data, data if isinstance(data, int) else data.nbytes
     view = memoryview(data).cast("B")
     return view, view.nbytes
 
 
-def _member(out: Writable, data: bytes | memoryview | int) -> int:
+def _member(out: Writable, data: memoryview | int | Streamed) -> int:
     """Writes a member's data (or skips it: ``data`` is its size, ``out`` a Skeleton or a
     Comparison)."""
     if isinstance(data, int):
@@ -94,8 +109,16 @@ def _member(out: Writable, data: bytes | memoryview | int) -> int:
             raise TypeError("member sizes stand in for data only when checking a layout")
         out.skip(data)
         return data
+    if isinstance(data, Streamed):
+        written = 0
+        for piece in data.pieces:
+            out.write(piece)
+            written += piece.nbytes
+        if written != data.nbytes:  # the headers already promised data.nbytes
+            raise ValueError(f"a member's pieces held {written} bytes, not {data.nbytes}")
+        return written
     out.write(data)
-    return memoryview(data).nbytes
+    return data.nbytes
 
 
 @dataclass
@@ -119,7 +142,7 @@ class ZipStream:
         self.out.write(data)
         self.offset += len(data)
 
-    def add(self, name: str, data: bytes | memoryview | int, crc: int | None = None) -> None:
+    def add(self, name: str, data: Data, crc: int | None = None) -> None:
         """One stored member; ``crc``: its data's CRC-32 when the caller knows it already
         (required when ``data`` is a size, for a Skeleton)."""
         data, size = _sized(data, crc)
@@ -253,7 +276,7 @@ class TorchZipStream:
         self.out.write(data)
         self.offset += len(data)
 
-    def add(self, name: str, data: bytes | memoryview | int, crc: int | None = None) -> None:
+    def add(self, name: str, data: Data, crc: int | None = None) -> None:
         """One record ``prefix/name``. ``crc`` may be left out when ``data`` is bytes: the
         descriptor follows the data, so it is computed as the data is written."""
         encoded = f"{self.prefix}/{name}".encode()

@@ -323,6 +323,38 @@ def test_checkout_verifies_each_tensor_by_its_blake3(repo: Repo) -> None:
     )
 
 
+def test_a_large_tensor_streamed_to_git_is_verified_too(repo: Repo) -> None:
+    """A tensor large enough to go to git piece by piece as it decodes is verified when its
+    last piece has gone: a wrong BLAKE3 fails the file, git writes none of it, and `git theta
+    checkout` leaves nothing behind either."""
+    from git_theta.filter import STREAM_MIN_BYTES
+
+    gen = torch.Generator().manual_seed(8)
+    rows = STREAM_MIN_BYTES // 4096 + 1
+    state = {"small": torch.randn(16, generator=gen), "big": torch.randn(rows, 1024, generator=gen)}
+    torch.save(state, repo.path / "model.pt")
+    repo.commit_file("model.pt", "good")
+    oid = _tensor_object(repo, "big")
+
+    def swap(value: dict[str, Any]) -> None:
+        tensors = value["tensors"]
+        tensors["big"]["blake3"] = tensors["small"]["blake3"]
+
+    _commit_forged(repo, swap)
+    expected = (
+        f"{PREFIX}tensor `big`: rebuilt from object {oid[:12]}…, it does not match its "
+        "recorded hash, though the objects are sound: the manifest is damaged (check it out "
+        "again from a good commit)"
+    )
+    assert _checkout_fails(repo) == expected
+    proc = repo.theta("checkout", check=False)
+    assert proc.returncode == 1
+    assert git_theta_lines(proc.stderr) == [expected.replace("model.pt: ", "")]
+    assert sorted(p.name for p in repo.path.iterdir()) == [".git", ".gitattributes"]
+    repo.git("reset", "-q", "--hard", "HEAD~1")  # the good manifest checks out whole
+    assert_same_object(state, torch.load(repo.path / "model.pt", weights_only=True))
+
+
 def test_a_record_whose_identity_hash_disagrees_with_its_blake3_is_found_by_fsck(
     repo: Repo,
 ) -> None:

@@ -168,3 +168,132 @@ def test_a_checkout_decodes_on_one_core_fewer_than_git_has(
     xor = TensorRecord("float32", (2,), "c" * 64, Xor((dense.object,), "b" * 64, dense))
     chained = Manifest({}, {"w": whole, "x": xor})
     assert theta_filter.decode_threads(config, chained) == setting
+
+
+class _Recording(io.BytesIO):
+    """An output that records the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, data: Any) -> int:
+        self.sizes.append(memoryview(data).nbytes)
+        return super().write(data)
+
+
+def _streaming_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> Any:
+    """A checkpoint with one 4 MiB tensor (streamed: the threshold is lowered to 2 MiB) and
+    small ones, cleaned into a store; (path, manifest, store, config)."""
+    from git_theta import config as theta_config
+    from git_theta import filter as theta_filter
+    from git_theta.manifest import Manifest
+    from git_theta.store import ObjectStore
+
+    monkeypatch.setattr(theta_filter, "STREAM_MIN_BYTES", 2 << 20)
+    gen = torch.Generator().manual_seed(6)
+    state = {
+        "big": torch.randn(1024, 1024, generator=gen),
+        "small": torch.randn(64, 32, generator=gen),
+        "bias": torch.randn(7, generator=gen),
+    }
+    path = tmp_path / f"model.{fmt}"
+    if fmt == "pt":
+        torch.save(state, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    store = ObjectStore(tmp_path / "lfs")
+    config = theta_config.load({"theta.threads": "2"})
+    manifest = Manifest.from_bytes(theta_filter.clean(path, None, store, config))
+    return path, manifest, store, config
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_checkout_streams_a_large_tensor_to_the_writer_as_it_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    from git_theta import filter as theta_filter
+
+    path, manifest, store, config = _streaming_case(tmp_path, monkeypatch, fmt)
+    taken: list[int] = []
+
+    class Counted(theta_filter._Spares):
+        def take(self, nbytes: int) -> bytearray:
+            taken.append(nbytes)
+            return super().take(nbytes)
+
+    monkeypatch.setattr(theta_filter, "_Spares", Counted)
+    out = _Recording()
+    theta_filter.smudge(manifest, store, out, config)
+    assert out.getvalue() == path.read_bytes()
+    # the 4 MiB tensor went out in its four 1 MiB chunks, never as one buffer
+    assert out.sizes.count(1 << 20) == 4 and max(out.sizes) == 1 << 20
+    assert sorted(taken) == [7 * 4, 64 * 32 * 4]
+
+
+def test_a_streamed_tensor_that_stops_decoding_is_finished_from_a_whole_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import codec
+    from git_theta import filter as theta_filter
+
+    path, manifest, store, config = _streaming_case(tmp_path, monkeypatch, "pt")
+    unblosc = codec._unblosc
+    calls = []
+
+    def third_fails(data: Any, out: memoryview) -> bool:  # of the big tensor's chunks
+        if len(out) != 1 << 20:
+            return unblosc(data, out)
+        calls.append(len(out))
+        return len(calls) != 3 and unblosc(data, out)
+
+    monkeypatch.setattr(codec, "_unblosc", third_fails)
+    out = _Recording()
+    theta_filter.smudge(manifest, store, out, config)
+    assert out.getvalue() == path.read_bytes()
+    assert len(calls) > 4  # the whole tensor was decoded again after the third chunk
+
+
+def test_a_streamed_tensor_is_verified_and_fails_the_file_after_its_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from git_theta import codec
+    from git_theta import filter as theta_filter
+    from git_theta.errors import CorruptObjectError
+
+    path, manifest, store, config = _streaming_case(tmp_path, monkeypatch, "pt")
+    big = manifest.tensors["big"]
+    oid = big.objects[0].oid
+    expected = (
+        f"tensor `big`: rebuilt from object {oid[:12]}…, it does not match its recorded hash, "
+        "though the objects are sound: the manifest is damaged (check it out again from a good "
+        "commit)"
+    )
+    # a record whose BLAKE3 is another tensor's: found when its last piece has been written
+    forged = replace(manifest, tensors={**manifest.tensors, "big": replace(big, blake3="0" * 64)})
+    out = _Recording()
+    with pytest.raises(CorruptObjectError) as caught:
+        theta_filter.smudge(forged, store, out, config)
+    assert str(caught.value) == expected
+    assert out.sizes.count(1 << 20) == 4
+
+    # pieces decoded wrong before the direct decoding gave up: the whole decoding disagrees
+    unblosc = codec._unblosc
+    calls = []
+
+    def garbled_then_refused(data: Any, out: memoryview) -> bool:  # the big tensor's chunks
+        if len(out) != 1 << 20:
+            return unblosc(data, out)
+        calls.append(len(out))
+        if len(calls) == 1:
+            unblosc(data, out)
+            out[:8] = b"garbage!"
+            return True
+        return len(calls) != 2 and unblosc(data, out)
+
+    monkeypatch.setattr(codec, "_unblosc", garbled_then_refused)
+    with pytest.raises(CorruptObjectError) as caught:
+        theta_filter.smudge(manifest, store, _Recording(), config)
+    assert str(caught.value) == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -111,6 +111,21 @@ class TensorData:
     shape: tuple[int, ...]
     load: Callable[[], bytearray | np.ndarray]
     crc32: int | None = None  # CRC-32 of the canonical bytes, when known without loading
+    # checkout's alternative to ``load`` for a large tensor, given to the writer of a format
+    # that sets ``writes_pieces``: the canonical bytes in pieces, in order, each overwritten
+    # by the next; verified as they go (a mismatch raises after the last)
+    pieces: Callable[[], Iterable[memoryview]] | None = None
+
+
+def byte_pieces(tensor: TensorData) -> Iterable[memoryview]:
+    """A tensor's canonical bytes for a writer that writes them in order: its pieces when
+    checkout streams it, else the whole tensor as one piece. Write each piece before taking
+    the next."""
+    if tensor.pieces is not None:
+        return tensor.pieces()
+    from git_theta.tensors import byte_view
+
+    return (byte_view(tensor.load()),)
 
 
 @dataclass
@@ -128,7 +143,9 @@ class Format(Protocol):
     A format may also set ``writes_buffers = True`` when its ``write`` takes each tensor's
     bytes through ``memoryview`` (``tensors.byte_view``) and never as a numpy array: a
     checkout then decodes its tensors into plain buffers, without loading numpy. Without it
-    (a plugin's format), ``load()`` gives arrays of words.
+    (a plugin's format), ``load()`` gives arrays of words. One that also sets
+    ``writes_pieces = True`` takes a tensor's ``pieces`` when given (``byte_pieces``), so a
+    large tensor streams to git as it is decoded.
     """
 
     name: str

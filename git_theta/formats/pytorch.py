@@ -73,6 +73,7 @@ from git_theta.tensors import (
 )
 from git_theta.zipstream import (
     Skeleton,
+    Streamed,
     TorchZipStream,
     Writable,
     ZipStream,
@@ -605,6 +606,7 @@ class PyTorchFormat:
 
     name = "pytorch"
     writes_buffers = True  # its writer reads each tensor through memoryview
+    writes_pieces = True  # and takes a large one in pieces (``TensorData.pieces``)
 
     def sniff(self, head: bytes, size: int) -> bool:
         """A zip archive that names a ``<archive name>/data.pkl`` among its first members (a
@@ -720,8 +722,10 @@ class PyTorchFormat:
         layout, which holds the same tree and tensors."""
         root = _checked_root(fmt, tensors, aliases)
 
-        def member(name: str) -> tuple[memoryview, int | None]:
+        def member(name: str) -> tuple[memoryview | Streamed, int | None]:
             tensor = tensors[name]  # its CRC-32 recorded at `git add`, when the manifest has it
+            if tensor.pieces is not None and tensor.crc32 is not None:
+                return Streamed(tensor.pieces(), nbytes(tensor.dtype, tensor.shape)), tensor.crc32
             return byte_view(tensor.load()), tensor.crc32
 
         plan = _exact_plan(fmt, tensors, aliases)
@@ -731,7 +735,7 @@ class PyTorchFormat:
             _write_canonical(root, tensors, aliases, out, member)
 
 
-Member = Callable[[str], tuple[memoryview | int, int | None]]
+Member = Callable[[str], tuple[memoryview | int | Streamed, int | None]]
 
 
 def _write_canonical(

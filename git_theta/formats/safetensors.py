@@ -21,9 +21,9 @@ else:
 
 from git_theta.errors import ManifestError, NotACheckpointError, ThetaError
 from git_theta.formats.base import DAMAGED_MANIFEST as _DAMAGED
-from git_theta.formats.base import Checkpoint, SharedFile, TensorData, read_words
-from git_theta.tensors import byte_view, from_safetensors, nbytes
+from git_theta.formats.base import Checkpoint, SharedFile, TensorData, byte_pieces, read_words
 from git_theta.tensors import dtype as get_dtype
+from git_theta.tensors import from_safetensors, nbytes
 
 _MAX_HEADER = 100 << 20
 
@@ -107,6 +107,7 @@ class SafetensorsFormat:
 
     name = "safetensors"
     writes_buffers = True  # its writer reads each tensor through memoryview
+    writes_pieces = True  # and takes a large one in pieces (``TensorData.pieces``)
 
     def sniff(self, head: bytes, size: int) -> bool:
         if len(head) < 10:
@@ -175,4 +176,5 @@ class SafetensorsFormat:
             record = tensors[name]
             if (record.dtype, record.shape) != (dt, shape):
                 raise ManifestError(f"safetensors header and manifest disagree on `{name}`")
-            out.write(byte_view(record.load()))
+            for piece in byte_pieces(record):
+                out.write(piece)

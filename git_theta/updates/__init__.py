@@ -14,7 +14,7 @@ carries the base's chain (``manifest.Delta``), at most ``theta.maxChainDepth`` u
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def decode_bytes(
     Raises as ``decode`` does."""
     steps, storage = chain(record.storage)
     if not steps and isinstance(storage, Dense):
-        size, count = _word_count(record)
+        size, count = word_count(record)
         if count == 0:
             return bytearray()
         data = codec.decode_direct(store.path(storage.object.oid), size, count, new)
@@ -275,7 +275,20 @@ def decode_bytes(
     return decode(record, store)
 
 
-def _word_count(record: TensorRecord) -> tuple[int, int]:
+def open_pieces(record: TensorRecord, store: ObjectStore) -> Iterator[memoryview] | None:
+    """The canonical bytes of a tensor stored whole in the words layout, chunk by chunk as
+    c-blosc decodes them (``codec.open_pieces``: each piece is overwritten by the next, and
+    nothing is verified); None for any other tensor."""
+    steps, storage = chain(record.storage)
+    if steps or not isinstance(storage, Dense):
+        return None
+    size, count = word_count(record)
+    if count == 0:
+        return None
+    return codec.open_pieces(store.path(storage.object.oid), size, count)
+
+
+def word_count(record: TensorRecord) -> tuple[int, int]:
     """Bytes per word (``tensors.word_size``) and number of words of the tensor's canonical
     bytes."""
     itemsize = get_dtype(record.dtype).itemsize
@@ -287,7 +300,7 @@ def decode(record: TensorRecord, store: ObjectStore) -> np.ndarray:
     """The tensor's canonical words (``tensors.word_dtype`` of its dtype), rebuilt from its
     objects (which must be local) by applying its chain from the dense root up. Raises
     CorruptObjectError for an object that does not decode or an update that does not fit."""
-    size, count = _word_count(record)
+    size, count = word_count(record)
     word = word_dtype(size)
     steps, storage = chain(record.storage)
     if not isinstance(storage, Dense):
