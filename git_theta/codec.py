@@ -38,7 +38,6 @@ import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ else:
     from git_theta.lazy import np  # numpy loads at first use (see lazy.py)
 
 from git_theta.errors import CorruptObjectError
+from git_theta.pool import Pool, Task
 from git_theta.zipstream import ZipStream
 
 MAGIC = b"PK\x03\x04"
@@ -162,7 +162,7 @@ class Encoding:
             raise ValueError("codec.encode takes a contiguous 1-D array of unsigned words")
         self.words = words
         self.cname = cname
-        self._chunks: list[Future[tuple[bytes, int]] | None] = []
+        self._chunks: list[Task[tuple[bytes, int]] | None] = []
         if cname == "planes":
             ts = _tensorstore()
             self._context = ts.Context()
@@ -215,7 +215,7 @@ class Encoding:
         yield from pieces.take()
 
 
-def _chunk_result(chunk: Future[tuple[bytes, int]] | None) -> tuple[bytes, int]:
+def _chunk_result(chunk: Task[tuple[bytes, int]] | None) -> tuple[bytes, int]:
     """A compressed chunk and its CRC-32, once compressed (None: taken by ``pieces()``)."""
     if chunk is None:
         raise RuntimeError("an encoding's chunks are gone once its pieces are taken")
@@ -238,9 +238,9 @@ def _metadata_bytes(metadata: dict, itemsize: int) -> bytes:
     return json.dumps(full, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _compress_chunks(words: np.ndarray, spec: dict) -> Iterator[Future[tuple[bytes, int]]]:
+def _compress_chunks(words: np.ndarray, spec: dict) -> Iterator[Task[tuple[bytes, int]]]:
     """Each chunk of ``words`` (in the words layout ``spec`` gives) compressed on the codec's
-    threads: futures of (compressed bytes, their CRC-32), in chunk order."""
+    threads: tasks giving (compressed bytes, their CRC-32), in chunk order."""
     metadata = spec["metadata"]
     blosc = metadata["codecs"][1]["configuration"]
     itemsize = words.dtype.itemsize
@@ -307,15 +307,15 @@ class _BlockSize:
 
 _BLOCK_SIZE = _BlockSize()
 _pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
+_pool: Pool | None = None
 
 
-def _codec_pool() -> ThreadPoolExecutor:
+def _codec_pool() -> Pool:
     """The threads that compress chunks, one per core, made at first use."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="theta-codec")
+            _pool = Pool(os.cpu_count() or 1, "theta-codec")
         return _pool
 
 

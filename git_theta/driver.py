@@ -15,10 +15,8 @@ from typing import BinaryIO
 from git_theta import filter as theta_filter
 from git_theta.errors import ManifestError, ThetaError
 from git_theta.formats.base import private_file
-from git_theta.history import Located
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, parse_if_manifest
 from git_theta.repo import Repo
-from git_theta.transfer import fetch_missing
 
 
 class FilterDriver:
@@ -32,6 +30,9 @@ class FilterDriver:
         note: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
+        # the last manifest parsed, by its bytes: git asks whether to delay a smudge and
+        # then for the smudge, with the same content
+        self._parsed: tuple[bytes, Manifest | None] | None = None
         self.warn = warn or (lambda message: None)
         self.note = note or (lambda message: None)
         # progress(stage) -> a callback for one file's progress, or None for none
@@ -60,7 +61,7 @@ class FilterDriver:
         written unchanged."""
         data = src.read_bytes()
         try:
-            manifest = None if self.repo.config.skip_smudge else parse_if_manifest(data)
+            manifest = None if self.repo.config.skip_smudge else self._parse(data)
         except ManifestError:
             if not has_conflict_markers(data):
                 raise
@@ -78,6 +79,9 @@ class FilterDriver:
             return
 
         def fetch(needed: Manifest) -> None:
+            from git_theta.history import Located  # only when objects are missing
+            from git_theta.transfer import fetch_missing
+
             fetch_missing(self.repo, [Located(pathname, needed)])
 
         theta_filter.smudge(
@@ -95,7 +99,7 @@ class FilterDriver:
         if self.repo.config.skip_smudge or src.stat().st_size > MAX_MANIFEST_BYTES:
             return False
         try:
-            manifest = parse_if_manifest(src.read_bytes())
+            manifest = self._parse(src.read_bytes())
         except ManifestError:
             return False  # answered now, with its error
         return manifest is not None and bool(
@@ -106,6 +110,9 @@ class FilterDriver:
         """Fetch what every delayed smudge needs, in one batch. When that fails, each file
         fetches (and fails) on its own when git asks for it again: its error then names
         that file's tensors, one line per file, as without delay."""
+        from git_theta.history import Located
+        from git_theta.transfer import fetch_missing
+
         located = []
         for pathname, src in delayed:
             try:
@@ -116,6 +123,13 @@ class FilterDriver:
                 located.append(Located(pathname, manifest))
         with contextlib.suppress(ThetaError):
             fetch_missing(self.repo, located)
+
+    def _parse(self, data: bytes) -> Manifest | None:
+        """``parse_if_manifest(data)``, kept for the same bytes asked again (manifests are
+        never changed once parsed)."""
+        if self._parsed is None or self._parsed[0] != data:
+            self._parsed = (data, parse_if_manifest(data))
+        return self._parsed[1]
 
     def handle(self, command: str, pathname: str, src: Path, out: BinaryIO) -> None:
         """A filter-process request."""

@@ -18,7 +18,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NoReturn, cast
@@ -48,6 +47,7 @@ from git_theta.manifest import (
     chain,
     parse_if_manifest,
 )
+from git_theta.pool import Pool, Task
 from git_theta.store import ObjectStore
 from git_theta.tensors import as_words, byte_view, content_hash, content_hasher, identity_hash
 from git_theta.tensors import nbytes as tensor_nbytes
@@ -186,7 +186,7 @@ def clean(
     names = sorted(sizes, key=lambda n: -sizes[n])
     total_bytes, done_bytes = sum(sizes.values()), 0
     by_name = {}
-    with ThreadPoolExecutor(max_workers=config.threads) as pool:
+    with Pool(config.threads) as pool:
         records = pool.map(
             lambda n: _store_tensor(
                 n, checkpoint.tensors[n], reuse, store, config, overrides or {}
@@ -365,9 +365,10 @@ def smudge(
     decoded and verified ahead of the writer, in the order it consumes them, on
     ``decode_threads`` threads.
     """
-    if fetch is not None and missing_objects(manifest, store):
-        fetch(manifest)
     missing = missing_objects(manifest, store)
+    if missing and fetch is not None:
+        fetch(manifest)
+        missing = missing_objects(manifest, store)
     if missing:
         raise ObjectMissingError(missing)
     threads = decode_threads(config, manifest)
@@ -379,7 +380,7 @@ def smudge(
     streamed = set()
     if getattr(fmt, "writes_pieces", False):
         streamed = {name for name, rec in manifest.tensors.items() if streams(rec)}
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with Pool(threads) as pool:
         loader = _AheadLoader(manifest, store, pool, load, max(2, threads + 1), progress, spares)
         loader.streamed = streamed
         tensors = {
@@ -446,7 +447,7 @@ class _AheadLoader:
         self,
         manifest: Manifest,
         store: ObjectStore,
-        pool: ThreadPoolExecutor,
+        pool: Pool,
         load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray],
         window: int,
         progress: Progress | None = None,
@@ -462,7 +463,7 @@ class _AheadLoader:
         self.window = window
         self.order: list[str] = []
         self._next = 0
-        self._pending: dict[str, Future[bytearray | np.ndarray]] = {}
+        self._pending: dict[str, Task[bytearray | np.ndarray]] = {}
         self._ahead = 0  # bytes of the tensors pending
         self._done: set[str] = set()
         self.spares = spares  # where buffers the writer is done with go (for ``load``)
@@ -487,12 +488,12 @@ class _AheadLoader:
         self._reclaim()  # first: the tensors submitted next can decode into what it frees
         self._submit_ahead()
         self._done.add(name)
-        future = self._pending.pop(name, None)
-        if future is None:  # asked out of the declared order: load it now
+        task = self._pending.pop(name, None)
+        if task is None:  # asked out of the declared order: load it now
             result = self.load_one(name, self.manifest.tensors[name], self.store)
         else:
             self._ahead -= self.manifest.tensors[name].nbytes
-            result = future.result()
+            result = task.result()
             self._submit_ahead()
         if (
             self.spares is not None
@@ -538,5 +539,5 @@ class _AheadLoader:
         self._lent = still
 
     def cancel(self) -> None:
-        for future in self._pending.values():
-            future.cancel()
+        for task in self._pending.values():
+            self.pool.cancel(task)

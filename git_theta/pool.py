@@ -1,0 +1,142 @@
+"""A small thread pool for the filters' encoding and decoding.
+
+git starts a filter process for every command that reads or writes a tracked file, so what
+the filters import is paid at every ``git add`` and checkout: ``concurrent.futures`` costs
+8-10 ms of imports (it loads ``logging``), several times what this pool costs. It does what
+the filters need of an executor and no more: ``submit`` a call, get its ``result`` (its
+exception raised again) or ``cancel`` it while it waits, and on leaving the ``with`` block
+(``shutdown``) run what was submitted and wait for it; ``map`` as an executor's. Threads start as calls wait for one, up
+to the pool's size. Commands that run once (fsck, diff, squash) keep ``concurrent.futures``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The result of a call cancelled before it started."""
+
+
+class Task(Generic[T]):
+    """One submitted call: its result once it has run."""
+
+    __slots__ = ("_call", "_finished", "_result", "_error", "_state")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call: Callable[[], T] | None = call
+        self._finished = threading.Lock()
+        self._finished.acquire()  # released when the call has run (or was cancelled)
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._state = "waiting"  # then "running" or "cancelled" (the pool's lock guards it)
+
+    def result(self) -> T:
+        """The call's return value, waiting for it; raises what the call raised, or
+        Cancelled."""
+        with self._finished:
+            pass
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set by _run when no error
+
+    def _run(self) -> None:
+        call, self._call = self._call, None  # nothing the call holds outlives it here
+        try:
+            self._result = call()  # type: ignore[misc]  # set until it runs
+        except BaseException as exc:  # given to whoever asks for the result
+            self._error = exc
+        finally:
+            self._finished.release()
+
+
+class Pool:
+    """Up to ``threads`` threads running submitted calls in the order they came."""
+
+    def __init__(self, threads: int, name: str = "theta") -> None:
+        self.size = max(1, threads)
+        self.name = name
+        self._lock = threading.Condition()
+        self._waiting: deque[Task[Any]] = deque()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
+        """Runs ``fn(*args, **kwargs)`` on a thread of the pool; its Task."""
+        task: Task[T] = Task(lambda: fn(*args, **kwargs))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the pool is shut down")
+            self._waiting.append(task)
+            if self._idle:
+                self._lock.notify()
+            elif len(self._threads) < self.size:
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        return task
+
+    def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[T]:
+        """``fn`` of each item, all submitted now; the results in the items' order. Those not
+        started are cancelled when the results are not all taken (one raised, or the
+        caller stopped)."""
+        tasks = [self.submit(fn, item) for item in items]
+
+        def results() -> Iterator[T]:
+            try:
+                for task in tasks:
+                    yield task.result()
+            finally:
+                for task in tasks:
+                    self.cancel(task)
+
+        return results()
+
+    def cancel(self, task: Task[Any]) -> bool:
+        """Takes ``task`` back if it has not started (its result then raises Cancelled);
+        whether it did."""
+        with self._lock:
+            if task._state != "waiting":
+                return task._state == "cancelled"
+            task._state = "cancelled"
+            self._waiting.remove(task)
+        task._call = None
+        task._error = Cancelled()
+        task._finished.release()
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closed:
+                    self._idle += 1
+                    self._lock.wait()
+                    self._idle -= 1
+                if not self._waiting:
+                    return  # shut down, nothing left
+                task = self._waiting.popleft()
+                task._state = "running"
+            task._run()
+
+    def shutdown(self) -> None:
+        """Runs what was submitted, then stops the threads (waits for them)."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
