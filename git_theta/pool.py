@@ -4,15 +4,16 @@ git starts a filter process for every command that reads or writes a tracked fil
 the filters import is paid at every ``git add`` and checkout: ``concurrent.futures`` costs
 8-10 ms of imports (it loads ``logging``), several times what this pool costs. It does what
 the filters need of an executor and no more: ``submit`` a call, get its ``result`` (its
-exception raised again) or ``cancel`` it while it waits, and on leaving the ``with`` block
-(``shutdown``) run what was submitted and wait for it; ``map`` as an executor's. Threads start as calls wait for one, up
-to the pool's size. Commands that run once (fsck, diff, squash) keep ``concurrent.futures``.
+exception raised again) or ``cancel`` it while it waits, ``map`` as an executor's, and on
+leaving the ``with`` block (``shutdown``) run what was submitted and wait for it. A thread
+starts with each call until the pool has its size. Commands that run once (fsck, diff,
+squash) keep ``concurrent.futures``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from _queue import SimpleQueue  # queue's C core: the rest of queue costs 1 ms to import
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -39,8 +40,8 @@ class Task(Generic[T]):
     def result(self) -> T:
         """The call's return value, waiting for it; raises what the call raised, or
         Cancelled."""
-        with self._finished:
-            pass
+        self._finished.acquire()
+        self._finished.release()
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]  # set by _run when no error
@@ -56,15 +57,23 @@ class Task(Generic[T]):
 
 
 class Pool:
-    """Up to ``threads`` threads running submitted calls in the order they came."""
+    """Up to ``threads`` threads running submitted calls in the order they came.
+
+    Ctrl-C reaches the thread that submits (the main one) at any point of its code, so that
+    side takes only plain locks, held across no Python-level call: a KeyboardInterrupt
+    between acquiring one and the ``with`` block that releases it (possible with a
+    Condition, whose ``__enter__`` is Python code) would leave it held and the threads
+    stuck. Leaving the ``with`` block on a KeyboardInterrupt takes back the calls that have
+    not started and does not wait for the running ones (their threads are daemons): the
+    command is ending."""
 
     def __init__(self, threads: int, name: str = "theta") -> None:
         self.size = max(1, threads)
         self.name = name
-        self._lock = threading.Condition()
-        self._waiting: deque[Task[Any]] = deque()
+        self._lock = threading.Lock()  # guards the tasks' states and the closed flag
+        self._queue: SimpleQueue[Task[Any] | None] = SimpleQueue()  # None: a thread stops
+        self._pending: set[Task[Any]] = set()  # submitted, not started
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._closed = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
@@ -73,15 +82,14 @@ class Pool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pool is shut down")
-            self._waiting.append(task)
-            if self._idle:
-                self._lock.notify()
-            elif len(self._threads) < self.size:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+            self._pending.add(task)
+        self._queue.put(task)
+        if len(self._threads) < self.size:  # one thread per call until there are enough
+            thread = threading.Thread(
+                target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
         return task
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[T]:
@@ -107,7 +115,7 @@ class Pool:
             if task._state != "waiting":
                 return task._state == "cancelled"
             task._state = "cancelled"
-            self._waiting.remove(task)
+            self._pending.discard(task)
         task._call = None
         task._error = Cancelled()
         task._finished.release()
@@ -115,28 +123,35 @@ class Pool:
 
     def _work(self) -> None:
         while True:
+            task = self._queue.get()
+            if task is None:
+                return
             with self._lock:
-                while not self._waiting and not self._closed:
-                    self._idle += 1
-                    self._lock.wait()
-                    self._idle -= 1
-                if not self._waiting:
-                    return  # shut down, nothing left
-                task = self._waiting.popleft()
+                if task._state != "waiting":
+                    continue  # cancelled
                 task._state = "running"
+                self._pending.discard(task)
             task._run()
 
-    def shutdown(self) -> None:
-        """Runs what was submitted, then stops the threads (waits for them)."""
+    def shutdown(self, wait: bool = True) -> None:
+        """No more calls; the threads stop once they have run what was submitted (``wait``:
+        this waits for that)."""
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+        for _ in range(self.size):  # one stop for every thread there may be
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread.ident is not None and thread is not threading.current_thread():
+                    thread.join()
 
     def __enter__(self) -> Pool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None and not issubclass(kind, Exception):  # Ctrl-C, exit: not waiting
+            for task in list(self._pending):
+                self.cancel(task)
+            self.shutdown(wait=False)
+        else:
+            self.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -97,3 +99,54 @@ def test_map_cancels_what_has_not_started_when_a_result_raises() -> None:
         gate.set()
     # the next one may have started before the map raised; the other eight never did
     assert started in ([0], [0, 1])
+
+
+_INTERRUPTED = """
+import os, random, signal, sys, threading, time
+from git_theta.pool import Pool
+
+rng = random.Random(int(sys.argv[1]))
+
+
+def work(i):
+    time.sleep(0.0005)
+    return i
+
+
+def interrupt(fired):
+    os.kill(os.getpid(), signal.SIGINT)
+    fired.set()
+
+
+for _ in range(300):
+    fired = threading.Event()
+    timer = threading.Timer(rng.uniform(0, 0.01), interrupt, (fired,))
+    try:
+        timer.start()
+        with Pool(2) as pool:
+            for _ in range(3):
+                results = pool.map(work, range(20))
+                for task in [pool.submit(work, i) for i in range(10)][::2]:
+                    pool.cancel(task)
+                sum(results)
+        fired.wait()
+        time.sleep(0.01)  # the KeyboardInterrupt comes in the try block at the latest here
+    except KeyboardInterrupt:
+        pass
+    timer.join()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ctrl_c_anywhere_in_the_submitting_thread_never_leaves_the_pool_stuck(seed: int) -> None:
+    """Ctrl-C lands in the main thread between any two of its bytecodes, inside the pool's
+    own code too; leaving the `with` block must never hang on a lock the interrupt left
+    held (a first version, whose submitting side took a Condition, hung in all three)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED, str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "done\n"), proc.stderr[-2000:]
