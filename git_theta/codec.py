@@ -503,7 +503,10 @@ def open_pieces(path: Path, itemsize: int, words: int) -> Iterator[memoryview] |
     buffer of the tensor's size is made."""
     if sys.byteorder != "little":
         return None
-    f = open(path, "rb")  # noqa: SIM115  (closed by the iteration, or here)
+    try:
+        f = open(path, "rb")  # noqa: SIM115  (closed by the iteration, or here)
+    except OSError:
+        return None  # the whole decoding reports it
     try:
         reader = _WordsReader.open(f, itemsize, words)
     except _READ_ERRORS:
@@ -543,8 +546,9 @@ class _WordsReader:
     @classmethod
     def open(cls, f: Any, itemsize: int, words: int) -> _WordsReader | None:
         """The reader of the object open as ``f``, or None when it is not in the words layout
-        exactly as git-theta writes it. Raises CorruptObjectError for one claiming more data
-        than this process may hold."""
+        exactly as git-theta writes it. Raises CorruptObjectError (a ValueError: the callers
+        leave it to the whole decoding, which refuses it too) for one claiming more data
+        than this process may hold, before anything is read for the data."""
         if sys.byteorder != "little":
             return None
         archive = _Archive(f)

@@ -309,11 +309,12 @@ def streams(record: TensorRecord) -> bool:
 
 def stream_bytes(name: str, record: TensorRecord, store: ObjectStore) -> Iterator[memoryview]:
     """The tensor's canonical bytes in pieces, in order, each overwritten by the next (take
-    each before asking for the next), hashed as they go. The tensor is verified when its
-    last piece has been taken: a mismatch then raises CorruptObjectError after the writer
-    has written the rest. Checkout's writers fail the whole file then (git discards what
-    the filter sent; ``checkout.rebuild`` removes its temporary file), as they do for any
-    tensor that fails. An object that does not decode piece by piece is decoded whole."""
+    each before asking for the next), hashed as they go. The tensor is verified before its
+    last piece is given: a mismatch raises CorruptObjectError when the writer has written
+    all the others. Checkout's writers fail the whole file then (git discards what the
+    filter sent; ``checkout.rebuild`` removes its temporary file), as they do for any tensor
+    that fails. An object that does not decode piece by piece (not in the words layout) is
+    decoded whole, here, and given as one piece."""
     _check_sound(name, record, store)
     hasher = content_hasher(record.dtype, record.shape)
     done = 0
@@ -323,12 +324,12 @@ def stream_bytes(name: str, record: TensorRecord, store: ObjectStore) -> Iterato
             for piece in pieces:
                 hasher.update(piece)
                 done += len(piece)
+                if done == record.nbytes and hasher.hexdigest() != record.blake3:
+                    _raise_failure(name, record, store, _mismatch(record))  # before the last
                 yield piece
         except codec.Undecodable:
             pass  # decoded whole below, from where the pieces stopped
     if done == record.nbytes:
-        if hasher.hexdigest() != record.blake3:
-            _raise_failure(name, record, store, _mismatch(record))
         return
     whole = byte_view(load_bytes(name, record, store))  # verified, or raises
     if done:  # what was sent must be what the whole decoding gives
@@ -363,7 +364,9 @@ def smudge(
     When objects are not local, ``fetch(manifest)`` is called to get them; raises
     ObjectMissingError, before writing anything, when some are still missing. Tensors are
     decoded and verified ahead of the writer, in the order it consumes them, on
-    ``decode_threads`` threads.
+    ``decode_threads`` threads; a large one going to a writer that takes pieces is decoded
+    on the writer's thread as it writes it (``stream_bytes``), while the pool goes on with
+    the tensors after it.
     """
     missing = missing_objects(manifest, store)
     if missing and fetch is not None:
@@ -441,7 +444,8 @@ class _Spares:
 class _AheadLoader:
     """Decodes tensors on a pool ahead of the writer, in its order: ``window`` tensors,
     and more while those decoded and not yet written hold at most ``AHEAD_BYTES`` (so the
-    pool goes on with small tensors while the writer waits for a large one)."""
+    pool goes on with small tensors while the writer waits for a large one). The tensors in
+    ``streamed`` are left to the writer's thread (``pieces``)."""
 
     def __init__(
         self,

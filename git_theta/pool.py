@@ -40,8 +40,8 @@ class Task(Generic[T]):
     def result(self) -> T:
         """The call's return value, waiting for it; raises what the call raised, or
         Cancelled."""
-        self._finished.acquire()
-        self._finished.release()
+        with self._finished:  # a Lock's ``with`` is C code: nothing lands in between
+            pass
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]  # set by _run when no error
@@ -60,12 +60,13 @@ class Pool:
     """Up to ``threads`` threads running submitted calls in the order they came.
 
     Ctrl-C reaches the thread that submits (the main one) at any point of its code, so that
-    side takes only plain locks, held across no Python-level call: a KeyboardInterrupt
-    between acquiring one and the ``with`` block that releases it (possible with a
-    Condition, whose ``__enter__`` is Python code) would leave it held and the threads
-    stuck. Leaving the ``with`` block on a KeyboardInterrupt takes back the calls that have
-    not started and does not wait for the running ones (their threads are daemons): the
-    command is ending."""
+    side takes only plain locks, in ``with`` blocks: a Lock's ``__enter__`` is C code, so no
+    KeyboardInterrupt comes between taking one and the block that gives it back (a
+    Condition's is Python code: an interrupt there left it held and the threads stuck).
+    Leaving the ``with`` block on a KeyboardInterrupt takes back the calls that have not
+    started and does not wait for the running ones (their threads are daemons): the command
+    is ending, and a thread that was starting when the interrupt came may never run. An
+    object being stored then leaves its temporary file, which `git theta gc` removes."""
 
     def __init__(self, threads: int, name: str = "theta") -> None:
         self.size = max(1, threads)
@@ -79,17 +80,17 @@ class Pool:
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Task[T]:
         """Runs ``fn(*args, **kwargs)`` on a thread of the pool; its Task."""
         task: Task[T] = Task(lambda: fn(*args, **kwargs))
-        with self._lock:
+        with self._lock:  # several threads submit to the codec's pool at once
             if self._closed:
                 raise RuntimeError("the pool is shut down")
             self._pending.add(task)
-        self._queue.put(task)
-        if len(self._threads) < self.size:  # one thread per call until there are enough
-            thread = threading.Thread(
-                target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+            self._queue.put(task)
+            if len(self._threads) < self.size:  # one thread per call until there are enough
+                thread = threading.Thread(
+                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
         return task
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> Iterator[T]:
@@ -116,9 +117,9 @@ class Pool:
                 return task._state == "cancelled"
             task._state = "cancelled"
             self._pending.discard(task)
-        task._call = None
-        task._error = Cancelled()
-        task._finished.release()
+            task._call = None
+            task._error = Cancelled()
+            task._finished.release()
         return True
 
     def _work(self) -> None:
@@ -136,12 +137,13 @@ class Pool:
     def shutdown(self, wait: bool = True) -> None:
         """No more calls; the threads stop once they have run what was submitted (``wait``:
         this waits for that)."""
-        with self._lock:
+        with self._lock:  # no call is queued after the stops
             self._closed = True
-        for _ in range(self.size):  # one stop for every thread there may be
-            self._queue.put(None)
+            threads = list(self._threads)
+            for _ in threads:  # a stop for each thread
+                self._queue.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in threads:
                 if thread.ident is not None and thread is not threading.current_thread():
                     thread.join()
 

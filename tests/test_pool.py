@@ -101,6 +101,36 @@ def test_map_cancels_what_has_not_started_when_a_result_raises() -> None:
     assert started in ([0], [0, 1])
 
 
+def test_threads_submitting_at_once_start_no_more_threads_than_its_size() -> None:
+    def race(pool: Pool) -> list:
+        start = threading.Barrier(8)
+        tasks: list = []
+
+        def submitter() -> None:
+            start.wait(5)
+            tasks.extend(pool.submit(pow, i, 2) for i in range(5))
+
+        submitters = [threading.Thread(target=submitter) for _ in range(8)]
+        for thread in submitters:
+            thread.start()
+        for thread in submitters:
+            thread.join()
+        return tasks
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads switch between nearly any two bytecodes
+    try:
+        for _ in range(100):
+            pool = Pool(3)
+            tasks = race(pool)
+            assert len(pool._threads) == 3
+            pool.shutdown()  # a stop for each thread: none is left waiting
+            assert sorted(t.result() for t in tasks) == sorted([i * i for i in range(5)] * 8)
+            assert all(not t.is_alive() for t in pool._threads)
+    finally:
+        sys.setswitchinterval(interval)
+
+
 _INTERRUPTED = """
 import os, random, signal, sys, threading, time
 from git_theta.pool import Pool

@@ -256,7 +256,7 @@ def test_a_streamed_tensor_that_stops_decoding_is_finished_from_a_whole_decoding
     assert len(calls) > 4  # the whole tensor was decoded again after the third chunk
 
 
-def test_a_streamed_tensor_is_verified_and_fails_the_file_after_its_pieces(
+def test_a_streamed_tensor_is_verified_before_its_last_piece_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from git_theta import codec
@@ -277,7 +277,7 @@ def test_a_streamed_tensor_is_verified_and_fails_the_file_after_its_pieces(
     with pytest.raises(CorruptObjectError) as caught:
         theta_filter.smudge(forged, store, out, config)
     assert str(caught.value) == expected
-    assert out.sizes.count(1 << 20) == 4
+    assert out.sizes.count(1 << 20) == 3  # the last piece is checked before it goes
 
     # pieces decoded wrong before the direct decoding gave up: the whole decoding disagrees
     unblosc = codec._unblosc
@@ -297,3 +297,23 @@ def test_a_streamed_tensor_is_verified_and_fails_the_file_after_its_pieces(
     with pytest.raises(CorruptObjectError) as caught:
         theta_filter.smudge(manifest, store, _Recording(), config)
     assert str(caught.value) == expected
+
+
+def test_a_streamed_tensor_in_git_thetas_own_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest without torch's recorded layout is written in git-theta's (CRC-32 in each
+    local header, before the data): the large tensor streams there too."""
+    from git_theta import codec
+    from git_theta import filter as theta_filter
+
+    path, manifest, store, config = _streaming_case(tmp_path, monkeypatch, "pt")
+    own = replace(manifest, format={k: v for k, v in manifest.format.items() if k != "archive"})
+    out = _Recording()
+    theta_filter.smudge(own, store, out, config)
+    assert out.sizes.count(1 << 20) == 4 and max(out.sizes) == 1 << 20
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as archive:
+        assert archive.testzip() is None  # every CRC-32 and size right
+    rebuilt = torch.load(io.BytesIO(out.getvalue()), weights_only=True)
+    assert_same_object(torch.load(path, weights_only=True), rebuilt)
+    assert codec.open_pieces(tmp_path / "no-such-object", 4, 1 << 20) is None
