@@ -7,7 +7,7 @@ import os
 import tempfile
 
 from git_theta import filter as theta_filter
-from git_theta.errors import UsageError
+from git_theta.errors import FileError, ThetaError, UsageError
 from git_theta.history import Located
 from git_theta.manifest import MAX_MANIFEST_BYTES, Manifest, looks_like_manifest, parse_if_manifest
 from git_theta.repo import Repo
@@ -79,7 +79,9 @@ def rebuild(repo: Repo, path: str, manifest: Manifest) -> None:
             theta_filter.smudge(manifest, repo.store, out, repo.config)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, ThetaError) and not str(exc).startswith(f"{path}: "):
+            raise FileError(path, exc) from exc  # one line naming the file, as git's filter
         raise

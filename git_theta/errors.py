@@ -17,6 +17,17 @@ class ThetaError(Exception):
         return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
+class FileError(ThetaError):
+    """An error about one file of the work tree: its path, then the error (``cause``), whose
+    exit code it keeps."""
+
+    def __init__(self, path: str, cause: ThetaError) -> None:
+        self.path = path
+        self.cause = cause
+        self.exit_code = cause.exit_code
+        super().__init__(f"{path}: {cause}")
+
+
 class UsageError(ThetaError, ValueError):
     """Raised when a command is called with arguments that cannot work."""
 
