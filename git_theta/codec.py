@@ -501,8 +501,6 @@ def open_pieces(path: Path, itemsize: int, words: int) -> Iterator[memoryview] |
     (the views given until then hold the bytes the chunks' headers promised). Checkout streams
     a large tensor this way: its first bytes reach git while the rest are decoded, and no
     buffer of the tensor's size is made."""
-    if sys.byteorder != "little":
-        return None
     try:
         f = open(path, "rb")  # noqa: SIM115  (closed by the iteration, or here)
     except OSError:
@@ -522,16 +520,15 @@ def open_pieces(path: Path, itemsize: int, words: int) -> Iterator[memoryview] |
 
 def _pieces(f: Any, reader: _WordsReader) -> Iterator[memoryview]:
     with f:
-        scratch = memoryview(bytearray(reader.chunk))
+        scratch = memoryview(bytearray(reader.chunk))  # a whole chunk, the padded last one too
         for index, start in enumerate(range(0, reader.nbytes, reader.chunk)):
-            piece = scratch[: min(reader.chunk, reader.nbytes - start)]
             try:
-                decoded = reader.decode(index, piece)
+                decoded = reader.decode(index, scratch)
             except _READ_ERRORS as exc:
                 raise Undecodable(f"chunk {index}: {exc}") from exc
             if not decoded:
                 raise Undecodable(f"chunk {index} does not decode")
-            yield piece
+            yield scratch[: min(reader.chunk, reader.nbytes - start)]
 
 
 class _WordsReader:

@@ -380,12 +380,13 @@ def smudge(
     load: Callable[[str, TensorRecord, ObjectStore], bytearray | np.ndarray] = load_tensor
     if getattr(fmt, "writes_buffers", False):
         load = functools.partial(load_bytes, new=spares.take)
-    streamed = set()
+    streamed: set[str] = set()
     if getattr(fmt, "writes_pieces", False):
         streamed = {name for name, rec in manifest.tensors.items() if streams(rec)}
     with Pool(threads) as pool:
-        loader = _AheadLoader(manifest, store, pool, load, max(2, threads + 1), progress, spares)
-        loader.streamed = streamed
+        loader = _AheadLoader(
+            manifest, store, pool, load, max(2, threads + 1), progress, spares, streamed
+        )
         tensors = {
             name: TensorData(
                 rec.dtype,
@@ -456,6 +457,7 @@ class _AheadLoader:
         window: int,
         progress: Progress | None = None,
         spares: _Spares | None = None,
+        streamed: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.load_one = load
         self.progress = progress
@@ -472,7 +474,7 @@ class _AheadLoader:
         self._done: set[str] = set()
         self.spares = spares  # where buffers the writer is done with go (for ``load``)
         self._lent: list[bytearray] = []  # buffers handed to the writer, maybe still in use
-        self.streamed: set[str] = set()  # tensors the writer takes in pieces (``pieces``)
+        self.streamed = streamed  # tensors the writer takes in pieces (``pieces``)
 
     def _submit_ahead(self) -> None:
         while self._next < len(self.order) and len(self._pending) < AHEAD_MOST:

@@ -113,7 +113,7 @@ class TensorData:
     crc32: int | None = None  # CRC-32 of the canonical bytes, when known without loading
     # checkout's alternative to ``load`` for a large tensor, given to the writer of a format
     # that sets ``writes_pieces``: the canonical bytes in pieces, in order, each overwritten
-    # by the next; verified as they go (a mismatch raises after the last)
+    # by the next; verified as they go (a mismatch raises before the last is given)
     pieces: Callable[[], Iterable[memoryview]] | None = None
 
 
